@@ -1,0 +1,5 @@
+"""prefpred CLI: run commands."""
+
+from __future__ import annotations
+
+from prefpred.cli.app import app  # noqa: F401

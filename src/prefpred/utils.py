@@ -1,0 +1,90 @@
+"""Small shared helpers: seeding every RNG, atomic file writes, logging set-up."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("prefpred")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and (when installed) torch, so one ``seed`` makes a run reproducible."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency, but keep data tools importable without it
+        return
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``.
+
+    A failure (or an interrupt) leaves any existing file untouched and removes the temporary one. With
+    ``force=False`` an existing ``path`` raises :class:`FileExistsError` before anything is written.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} exists (use --force to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str, *, force: bool = True) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    with atomic_path(path, force=force) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure the ``prefpred`` logger for CLI use (library code only logs, never configures)."""
+    level = logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger("prefpred")
+    if not root.handlers:
+        try:
+            from rich.logging import RichHandler
+
+            handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        except ImportError:  # pragma: no cover
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def repo_shared_data() -> Path | None:
+    """``../shared/data`` beside the project checkout (or ``$PREFPRED_SHARED_DATA``), if present."""
+    env = os.environ.get("PREFPRED_SHARED_DATA")
+    if env:
+        p = Path(env)
+        return p if p.is_dir() else None
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        cand = parent.parent / "shared" / "data"
+        if (parent / "pyproject.toml").is_file() and cand.is_dir():
+            return cand
+    cand = Path.cwd().parent / "shared" / "data"
+    return cand if cand.is_dir() else None
