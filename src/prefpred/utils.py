@@ -64,9 +64,12 @@ def setup_logging(verbose: bool = False) -> None:
     root = logging.getLogger("prefpred")
     if not root.handlers:
         try:
+            from rich.console import Console
             from rich.logging import RichHandler
 
-            handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+            # logs go to stderr so that command output on stdout (tables, --json) stays clean
+            handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False,
+                                                   rich_tracebacks=False)
             handler.setFormatter(logging.Formatter("%(message)s"))
         except ImportError:  # pragma: no cover
             handler = logging.StreamHandler()

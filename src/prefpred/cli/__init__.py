@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefpred.cli import data_cmds, llm_cmds, run_cmds, synth_cmds, bench_cmds  # noqa: F401,I001  (register)
+from prefpred.cli import bench_cmds, data_cmds, judge_cmds, llm_cmds, run_cmds, synth_cmds  # noqa: F401  (register)
 from prefpred.cli.app import app
 
 
