@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import random
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +17,16 @@ logger = logging.getLogger("prefpred")
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and (when installed) torch, so one ``seed`` makes a run reproducible."""
+    """Seed Python, NumPy and torch, so one ``seed`` makes a run reproducible.
+
+    torch is seeded only when it is already imported: CPU-only runs never pay its ~4 s import, and every
+    torch code path imports torch before it calls this.
+    """
     random.seed(seed)
     np.random.seed(seed % (2**32))
     os.environ["PYTHONHASHSEED"] = str(seed)
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency, but keep data tools importable without it
+    torch = sys.modules.get("torch")
+    if torch is None:
         return
     torch.manual_seed(seed)
     if torch.cuda.is_available():

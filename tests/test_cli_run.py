@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from prefpred.cli import app
+from prefpred.testing import planted_pairs
+from prefpred.types import Pair
+
+runner = CliRunner()
+
+
+def write_kaggle_csv(pairs: list[Pair], path: Path, *, labels: bool = True) -> Path:
+    """Pairs in the Kaggle LMSYS layout: JSON-encoded turn lists, one-hot winner columns (train) or none (test)."""
+    cols = ["id", "model_a", "model_b", "prompt", "response_a", "response_b"]
+    if labels:
+        cols += ["winner_model_a", "winner_model_b", "winner_tie"]
+    else:
+        cols = ["id", "prompt", "response_a", "response_b"]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for p in pairs:
+            row = {"id": p.id, "model_a": p.model_a, "model_b": p.model_b,
+                   "prompt": json.dumps([t.prompt for t in p.turns]),
+                   "response_a": json.dumps([t.response_a for t in p.turns]),
+                   "response_b": json.dumps([t.response_b for t in p.turns])}
+            if labels:
+                row.update(zip(("winner_model_a", "winner_model_b", "winner_tie"), (int(v) for v in p.label),
+                               strict=True))
+            w.writerow([row[c] for c in cols])
+    return path
+
+
+def _ok(result) -> None:
+    assert result.exit_code == 0, result.output + str(result.exception)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    train = write_kaggle_csv(planted_pairs(120, seed=21), d / "train.csv")
+    test_pairs = [p for p in planted_pairs(25, seed=99)]
+    test = write_kaggle_csv([p.__class__(id=f"t{p.id}", turns=p.turns) for p in test_pairs], d / "test.csv",
+                            labels=False)
+    return d, train, test
+
+
+@pytest.fixture(scope="module")
+def run_dir(files):
+    d, train, _ = files
+    yml = d / "run.yaml"
+    yml.write_text("seed: 1\nsplit:\n  n_folds: 4\nmodel:\n  n_estimators: 60\n  n_jobs: 1\n")
+    result = runner.invoke(app, ["run", "--data", str(train), "--config", str(yml), "--out", str(d / "runs"),
+                                 "--name", "r1", "--folds", "3", "--holdout", "0.2", "--seed", "5",
+                                 "--no-embeddings"])
+    _ok(result)
+    assert "log loss" in result.output and "run directory" in result.output
+    return d / "runs" / "r1"
+
+
+@pytest.mark.parametrize("cmd", [["run"], ["split"], ["predict"], ["evaluate"]])
+def test_help(cmd):
+    result = runner.invoke(app, [*cmd, "--help"])
+    _ok(result)
+    assert "Usage" in result.output
+
+
+def test_run_artifacts_and_config_override(run_dir):
+    for name in ("config.yaml", "splits.csv", "metrics.json", "oof.csv", "holdout.csv", "model",
+                 "model_comparison.png", "reliability.png", "confusion.png", "report.md"):
+        assert (run_dir / name).exists(), name
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["seed"] == 5 and m["cv"]["n_folds"] == 3 and m["counts"]["pairs"] == 120
+    h = m["headline"]
+    assert 0 < h["oof_log_loss"] < 2 and 0 <= h["oof_accuracy"] <= 1 and h["oof_log_loss_std"] >= 0
+    assert 0 < h["holdout_log_loss"] < 2 and 0 < h["holdout_log_loss_calibrated"] < 2
+    cfg = (run_dir / "config.yaml").read_text()
+    # flags win over the YAML file (folds, seed); YAML values without a flag are kept (n_estimators)
+    assert "n_folds: 3" in cfg and "embeddings: false" in cfg and "n_estimators: 60" in cfg
+
+
+def test_yaml_config_and_flags(files, tmp_path):
+    _, train, _ = files
+    yml = tmp_path / "c.yaml"
+    yml.write_text("split:\n  n_folds: 4\nbogus_key: 1\n")
+    result = runner.invoke(app, ["run", "--data", str(train), "--config", str(yml), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "bogus_key" in result.output
+    result = runner.invoke(app, ["run", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "missing.csv" in result.output
+
+
+def test_predict_writes_submission_for_unlabelled_test(files, run_dir):
+    d, _, test = files
+    out = d / "submission.csv"
+    _ok(runner.invoke(app, ["predict", "--run", str(run_dir), "--data", str(test), "--out", str(out)]))
+    with out.open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["id", "winner_model_a", "winner_model_b", "winner_tie"]
+    assert [r[0] for r in rows[1:]] == [f"t{p.id}" for p in planted_pairs(25, seed=99)]
+    before = out.read_text()
+    result = runner.invoke(app, ["predict", "--run", str(run_dir), "--data", str(test), "--out", str(out)])
+    assert result.exit_code == 2 and "exists" in result.output
+    assert out.read_text() == before
+    _ok(runner.invoke(app, ["predict", "--run", str(run_dir), "--data", str(test), "--out", str(out), "--force"]))
+    result = runner.invoke(app, ["predict", "--run", str(d), "--data", str(test), "--out", str(d / "x.csv")])
+    assert result.exit_code == 2 and "not a prefpred run" in result.output
+
+
+def test_evaluate_holdout_predictions(files, run_dir):
+    d, train, _ = files
+    out, plots = d / "eval.json", d / "plots"
+    result = runner.invoke(app, ["evaluate", "--pred", str(run_dir / "holdout.csv"), "--data", str(train),
+                                 "--out", str(out), "--plots", str(plots)])
+    # holdout.csv only covers the holdout rows: evaluating against all of train.csv must say so
+    assert result.exit_code == 2 and "no prediction" in result.output
+    oof_sub = d / "oof_sub.csv"
+    _ok(runner.invoke(app, ["predict", "--run", str(run_dir), "--data", str(train), "--out", str(oof_sub)]))
+    result = runner.invoke(app, ["evaluate", "--pred", str(oof_sub), "--data", str(train), "--out", str(out),
+                                 "--plots", str(plots)])
+    _ok(result)
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 120 and 0 < metrics["log_loss"] < 2
+    assert (plots / "reliability.png").stat().st_size > 1000 and (plots / "confusion.png").exists()
+
+
+def test_split_command(files):
+    d, train, _ = files
+    out = d / "splits.csv"
+    _ok(runner.invoke(app, ["split", "--data", str(train), "--out", str(out), "--folds", "4", "--holdout", "0.1"]))
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 120 and {r["fold"] for r in rows} == {"-1", "0", "1", "2", "3"}
+    result = runner.invoke(app, ["split", "--data", str(train), "--out", str(out)])
+    assert result.exit_code == 2 and "exists" in result.output
