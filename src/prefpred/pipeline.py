@@ -148,7 +148,7 @@ def run_job(cfg: RunConfig) -> Path:
     """Run cross-validated training and evaluation; returns the run directory."""
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
-    set_seed(cfg.seed)
+    set_seed(cfg.seed, with_torch=None)  # torch only if embeddings already imported it
     name = cfg.name or default_run_name()
     cfg = dataclasses.replace(cfg, name=name)
     run_dir = Path(cfg.out_dir) / name

@@ -16,17 +16,22 @@ import numpy as np
 logger = logging.getLogger("prefpred")
 
 
-def set_seed(seed: int) -> None:
+def set_seed(seed: int, *, with_torch: bool | None = True) -> None:
     """Seed Python, NumPy and torch, so one ``seed`` makes a run reproducible.
 
-    torch is seeded only when it is already imported: CPU-only runs never pay its ~4 s import, and every
-    torch code path imports torch before it calls this.
+    ``with_torch=None`` seeds torch only if it is already imported, so CPU-only runs (LightGBM) do not pay the
+    ~4 s torch import; LLM code paths keep the default and always seed it.
     """
     random.seed(seed)
     np.random.seed(seed % (2**32))
     os.environ["PYTHONHASHSEED"] = str(seed)
-    torch = sys.modules.get("torch")
-    if torch is None:
+    if with_torch is None:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
+    elif with_torch:
+        import torch
+    else:
         return
     torch.manual_seed(seed)
     if torch.cuda.is_available():
