@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from prefpred.cli import bench_cmds, data_cmds, judge_cmds, llm_cmds, run_cmds, synth_cmds  # noqa: F401  (register)
+import importlib
+
 from prefpred.cli.app import app
+
+# Importing a command module registers its commands; this order is the order `prefpred --help` lists them.
+COMMAND_MODULES = ("run_cmds", "judge_cmds", "llm_cmds", "data_cmds", "synth_cmds", "bench_cmds")
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"prefpred.cli.{_name}")
 
 
 def main() -> None:
