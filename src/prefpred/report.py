@@ -189,4 +189,8 @@ def build_report(run_dir: str | Path) -> Path:
         raise FileNotFoundError(2, "No such file or directory (not a prefpred run directory?)", str(metrics_path))
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     plots = sorted(p.name for p in run_dir.glob("*.png"))
+    if metrics.get("model_kind") == "llm":  # LLM training runs have their own layout
+        from prefpred.training.job import render_train_report
+
+        return atomic_write_text(run_dir / "report.md", render_train_report(metrics, plots))
     return atomic_write_text(run_dir / "report.md", render_report(metrics, plots))
