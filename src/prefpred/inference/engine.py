@@ -1,0 +1,329 @@
+"""The in-process (transformers) scoring engine: :class:`Scorer` and :func:`score_pairs`."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from prefpred.inference.batching import (
+    Batch,
+    Encoder,
+    Prefetcher,
+    collate,
+    encode_in_background,
+    pack_batches,
+)
+from prefpred.inference.config import HEADS, InferenceConfig, InferenceStats
+from prefpred.types import ConfigError, Pair, swap_proba
+
+logger = logging.getLogger(__name__)
+
+
+def model_device(model):
+    """The device the model's inputs go to."""
+    import torch
+
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        return torch.device("cpu")
+
+
+def _rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # pragma: no cover
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def combine_swapped(direct: np.ndarray, swapped: np.ndarray | None) -> np.ndarray:
+    """Average the (A,B) probabilities with the (B,A) ones after exchanging their A/B columns."""
+    if swapped is None:
+        return direct
+    out = (direct + swap_proba(swapped)) / 2.0
+    return out / out.sum(axis=1, keepdims=True)
+
+
+class Scorer:
+    """Scores pairs with one model; keeps the shared-prefix cache and the last call's throughput stats.
+
+    Args:
+        model: a causal LM (``head="label-token"``) or a 3-label sequence classifier (``head="classifier"``).
+        tokenizer: its tokenizer (needs a pad token, or the EOS token is used).
+        style: a :class:`prefpred.prompts.PromptStyle` (``render``, ``shared_prefix``, ``label_token_ids``).
+        head: ``"label-token"``: softmax over the next-token logits of the three label tokens (order a, b, tie)
+            at the last position; ``"classifier"``: softmax over the classifier's 3 logits.
+        label_token_ids: three token ids (a, b, tie); default ``style.label_token_ids(tokenizer)``.
+        config: batching options (:class:`InferenceConfig`).
+    """
+
+    def __init__(self, model, tokenizer, style, *, head: str = "label-token", label_token_ids=None,
+                 config: InferenceConfig | None = None):
+        if head not in HEADS:
+            raise ConfigError(f"unknown scoring head {head!r} (use {', '.join(HEADS)})")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.style = style
+        self.head = head
+        self.config = config or InferenceConfig()
+        self.last_stats: InferenceStats | None = None
+        self.label_token_ids: list[int] | None = None
+        if head == "label-token":
+            ids = label_token_ids if label_token_ids is not None else style.label_token_ids(tokenizer)
+            self.label_token_ids = [int(i) for i in ids]
+            if len(self.label_token_ids) != 3:
+                raise ConfigError(f"need 3 label token ids (a, b, tie), got {self.label_token_ids}")
+        # a decoder classifier finds its last token through config.pad_token_id: pad with exactly that id
+        pad = getattr(getattr(model, "config", None), "pad_token_id", None) if head == "classifier" else None
+        if pad is None:
+            pad = getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(tokenizer, "eos_token_id", None)
+        self.pad_id = int(pad) if pad is not None else 0
+        self.encoder = Encoder(tokenizer, style, head, self.config.seq_cap)
+        self._prefix_kv = None  # list of (key, value) per layer, batch size 1
+        self._prefix_len = 0
+        self._prefix_failed = False
+        self._logits_kw = {"logits_to_keep": 1} if head == "label-token" and _accepts(model.forward,
+                                                                                       "logits_to_keep") else {}
+
+    # ------------------------------------------------------------------ public
+    def reset_cache(self) -> None:
+        """Forget the shared-prefix KV cache (call after changing the model's weights)."""
+        self._prefix_kv, self._prefix_len, self._prefix_failed = None, 0, False
+
+    def score(self, pairs: Sequence[Pair]) -> np.ndarray:
+        """``n x 3`` probabilities (a, b, tie) in input order; rows sum to 1."""
+        import torch
+
+        cfg = self.config
+        pairs = list(pairs)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        device = model_device(self.model)
+        stats = InferenceStats(pairs=len(pairs), device=str(device))
+        if not pairs:
+            self.last_stats = stats
+            return np.zeros((0, 3), dtype=np.float64)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        peak_rss = _rss_mb()
+        # sequence s: pair s // k, swapped when s % k == 1 (k = 2 with swap averaging)
+        k = 2 if cfg.swap_average else 1
+        probs = np.zeros((len(pairs) * k, 3), dtype=np.float64)
+        was_training = getattr(self.model, "training", False)
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                use_cache = self._use_prefix_cache(device)
+                stats.prefix_tokens = self._prefix_len if use_cache else 0
+                batches = Prefetcher(self._batches(pairs, k, stats, use_cache, device), size=cfg.prefetch)
+                for batch in self._progress(batches, len(pairs) * k):
+                    probs[batch.index] = self._forward(batch, device, use_cache)
+                    stats.batches += 1
+                    stats.sequences += len(batch.index)
+                    stats.tokens += batch.real_tokens
+                    stats.padded_tokens += batch.padded_tokens
+                    stats.computed_tokens += int(batch.input_ids.numel())
+                    stats.max_batch_tokens = max(stats.max_batch_tokens, batch.padded_tokens)
+                    if device.type != "cuda":
+                        peak_rss = max(peak_rss, _rss_mb())
+        finally:
+            if was_training:
+                self.model.train()
+        out = combine_swapped(probs[0::k], probs[1::k] if k == 2 else None)
+        stats.seconds = time.perf_counter() - start
+        stats.cpu_seconds = time.process_time() - cpu_start
+        stats.peak_memory_mb = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                                else peak_rss)
+        self.last_stats = stats
+        logger.info("scored %s", stats.summary())
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _progress(self, it, total: int):
+        if not self.config.progress:
+            return it
+        from tqdm.auto import tqdm
+
+        return _SeqProgress(it, tqdm(total=total, unit="seq", desc="scoring", disable=None, leave=False))
+
+    def _use_prefix_cache(self, device) -> bool:
+        if not (self.config.prefix_cache and self.head == "label-token" and len(self.encoder.prefix_ids) > 1):
+            return False
+        if self._prefix_kv is None and not self._prefix_failed:
+            self._build_prefix_cache(device)
+        return self._prefix_kv is not None
+
+    def _build_prefix_cache(self, device) -> None:
+        import torch
+
+        # a batch whose shortest sequence is not longer than the prefix uses only part of it (_window_batches)
+        ids = torch.tensor([self.encoder.prefix_ids], dtype=torch.long, device=device)
+        try:
+            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                             **self._logits_kw)
+            cache = out.past_key_values
+            layers = getattr(cache, "layers", None)
+            if layers is None or any(getattr(lay, "keys", None) is None for lay in layers):
+                raise TypeError(f"unsupported cache type {type(cache).__name__}")
+            self._prefix_kv = [(lay.keys, lay.values) for lay in layers]
+            self._prefix_len = ids.shape[1]
+        except (TypeError, AttributeError, ValueError) as e:
+            logger.warning("shared-prefix cache unavailable for this model (%s); scoring without it", e)
+            self._prefix_kv, self._prefix_len, self._prefix_failed = None, 0, True
+
+    def _cache_for(self, batch_size: int, cut: int):
+        from transformers import DynamicCache
+
+        data = [(k[:, :, :cut].expand(batch_size, -1, -1, -1), v[:, :, :cut].expand(batch_size, -1, -1, -1))
+                for k, v in self._prefix_kv]
+        return DynamicCache(data, config=getattr(self.model, "config", None))
+
+    def _batches(self, pairs: list[Pair], k: int, stats: InferenceStats, use_cache: bool,
+                 device) -> Iterator[Batch]:
+        cfg = self.config
+        pin = device.type == "cuda"
+        left = self.head == "label-token"
+        window = cfg.bucket_window if cfg.bucket and cfg.bucket_window > 0 else max(1, len(pairs))
+        seqs: list[Pair] = []
+        for p in pairs:
+            seqs.append(p)
+            if k == 2:
+                seqs.append(p.swapped())
+        chunk = max(1, min(64, window * k))
+        # keep about two windows of token ids ahead of the model
+        ahead = max(2 * cfg.num_workers, 2 * (window * k + chunk - 1) // chunk)
+        encoded = encode_in_background(self.encoder, seqs, num_workers=cfg.num_workers, chunk=chunk, ahead=ahead)
+        offset = 0
+        pending: list[np.ndarray] = []
+        # window boundaries are on whole pairs so a pair and its swap share a window
+        for ids, cut in encoded:
+            stats.truncated += cut
+            pending.extend(ids)
+            if len(pending) >= window * k:
+                yield from self._window_batches(pending, offset, use_cache, left, pin)
+                offset += len(pending)
+                pending = []
+        if pending:
+            yield from self._window_batches(pending, offset, use_cache, left, pin)
+
+    def _window_batches(self, ids: list[np.ndarray], offset: int, use_cache: bool, left: bool,
+                        pin: bool) -> Iterator[Batch]:
+        cfg = self.config
+        lengths = [len(x) for x in ids]
+        groups = pack_batches(lengths, cfg.token_budget, cfg.max_batch_size, bucket=cfg.bucket,
+                              fixed_batch_size=cfg.fixed_batch_size)
+        for g in groups:
+            seqs = [ids[i] for i in g]
+            prefix = 0
+            if use_cache:  # keep >= 1 token per sequence outside the cache
+                prefix = min(self._prefix_len, min(len(s) for s in seqs) - 1)
+            yield collate(seqs, np.asarray(g) + offset, pad_id=self.pad_id, left=left, prefix_len=max(prefix, 0),
+                          pin=pin)
+
+    def _forward(self, batch: Batch, device, use_cache: bool) -> np.ndarray:
+        import torch
+
+        ids = batch.input_ids.to(device, non_blocking=True)
+        mask = batch.attention_mask.to(device, non_blocking=True)
+        if self.head == "classifier":
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        pos = batch.position_ids.to(device, non_blocking=True)
+        kwargs = dict(self._logits_kw)
+        prefix = mask.shape[1] - ids.shape[1]
+        if use_cache and prefix > 0:
+            kwargs.update(past_key_values=self._cache_for(ids.shape[0], prefix), use_cache=True)
+        else:
+            kwargs["use_cache"] = False
+        try:
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs).logits
+        except TypeError as e:  # a model whose **kwargs do not take logits_to_keep after all
+            if "logits_to_keep" not in str(e) or not self._logits_kw:
+                raise
+            self._logits_kw = {}
+            kwargs.pop("logits_to_keep", None)
+            if use_cache and prefix > 0:
+                kwargs["past_key_values"] = self._cache_for(ids.shape[0], prefix)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs).logits
+        last = logits[:, -1, :].float()
+        label = last[:, self.label_token_ids]
+        return torch.softmax(label, dim=-1).cpu().numpy()
+
+
+class _SeqProgress:
+    """Advance a tqdm bar by the number of sequences of each batch."""
+
+    def __init__(self, it, bar):
+        self.it, self.bar = it, bar
+
+    def __iter__(self):
+        try:
+            for b in self.it:
+                yield b
+                self.bar.update(len(b.index))
+        finally:
+            self.bar.close()
+
+
+def resolve_num_processes(n: int | str) -> int:
+    """``"auto"`` -> one per visible CUDA GPU (1 without GPUs); integers unchanged."""
+    if n == "auto":
+        import torch
+
+        return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+    return int(n)
+
+
+def score_pairs(pairs: Sequence[Pair], model, tokenizer, style, *, head: str = "label-token",
+                label_token_ids=None, config: InferenceConfig | None = None,
+                stats: dict | None = None) -> np.ndarray:
+    """Score pairs: ``n x 3`` probabilities (a, b, tie) in input order, rows summing to 1.
+
+    ``head="label-token"``: ``model`` is a causal LM; the probabilities are the softmax over the next-token
+    logits of ``label_token_ids`` (default ``style.label_token_ids(tokenizer)``) at the last real position.
+    ``head="classifier"``: ``model`` is a 3-label sequence classifier; softmax over its logits. Text comes from
+    ``style.render(pair, tokenizer, max_tokens=config.max_length)``. ``stats``, when given, receives the
+    throughput numbers (:meth:`InferenceStats.to_dict`).
+
+    With ``config.engine == "vllm"``, ``model`` is a model name/path or a ``vllm.LLM`` (label-token head only).
+    With ``config.num_processes > 1`` the model is saved to a temporary folder and scored by one worker
+    process per device (:func:`prefpred.inference.parallel.score_pairs_parallel`).
+    """
+    config = config or InferenceConfig()
+    if config.engine == "vllm":
+        from prefpred.inference.vllm_engine import score_pairs_vllm
+
+        return score_pairs_vllm(pairs, model, style, tokenizer=tokenizer, head=head,
+                                label_token_ids=label_token_ids, config=config, stats=stats)
+    n_proc = resolve_num_processes(config.num_processes)
+    if n_proc > 1 and len(pairs) > 1:
+        from prefpred.inference.parallel import score_in_memory_model_parallel
+
+        return score_in_memory_model_parallel(pairs, model, tokenizer, style, head=head,
+                                              label_token_ids=label_token_ids, config=config,
+                                              num_processes=n_proc, stats=stats)
+    scorer = Scorer(model, tokenizer, style, head=head, label_token_ids=label_token_ids, config=config)
+    out = scorer.score(pairs)
+    if stats is not None and scorer.last_stats is not None:
+        stats.update(scorer.last_stats.to_dict())
+    return out
