@@ -21,3 +21,37 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_one_thread():
+    """Tiny torch models run far faster on one thread than on a shared 2-core CPU; restored afterwards.
+
+    Applies to every test module that imports torch (other modules never pay the torch import).
+    """
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2 model + trained tokenizer saved as a local model directory (shared, read-only)."""
+    from prefpred.training.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama model + trained tokenizer saved as a local model directory (shared, read-only)."""
+    from prefpred.training.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")

@@ -21,21 +21,6 @@ LLM_CONFIGS = ("qwen2.5-0.5b-label-token-qlora.yaml", "qwen2.5-0.5b-classifier.y
                "llama-3.1-8b.yaml", "gemma-2-9b-classifier.yaml", "minilm-classifier.yaml", "tiny-cpu.yaml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from prefpred.training.tiny import write_tiny_model
-
-    return write_tiny_model(tmp_path_factory.mktemp("tiny-train") / "qwen2", "qwen2")
-
-
 @pytest.fixture
 def arena_csv(tmp_path):
     """Kaggle-style train.csv rows (JSON-list text cells, one-hot winner columns) from planted pairs."""
@@ -60,12 +45,12 @@ def test_train_help():
         assert option in result.output
 
 
-def test_train_end_to_end_writes_a_run_directory(tiny_dir, arena_csv, tmp_path):
+def test_train_end_to_end_writes_a_run_directory(tiny_qwen_dir, arena_csv, tmp_path):
     from prefpred.data import write_pairs_jsonl
 
     extra = tmp_path / "extra.jsonl"
     write_pairs_jsonl(planted_pairs(6, seed=77, source="teacher"), extra)
-    args = ["train", "--config", str(CONFIGS / "tiny-cpu.yaml"), "--model", str(tiny_dir), "--data", str(arena_csv),
+    args = ["train", "--config", str(CONFIGS / "tiny-cpu.yaml"), "--model", str(tiny_qwen_dir), "--data", str(arena_csv),
             "--out", str(tmp_path / "runs"), "--name", "t", "--max-steps", "4", "--extra-data", str(extra),
             "--extra-weight", "0.5", "--set", "training.eval_steps=2", "--set", "training.save_steps=2",
             "--set", "model.max_length=256"]

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from prefpred.inference import InferenceConfig, score_pairs, score_pairs_parallel
 from prefpred.inference.parallel import DirLoader
 from prefpred.prompts import get_style
 from prefpred.testing import planted_pairs, tiny_causal_lm, tiny_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded, and the machine is shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_two_processes_equal_one_process(tmp_path):

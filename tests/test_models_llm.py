@@ -21,19 +21,6 @@ from prefpred.training.tiny import write_tiny_model  # noqa: E402
 INFER = InferenceConfig(max_length=192, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2", "qwen2")
-
-
 def _fit(path, head, method="lora", steps=6, pairs=None, **model_kw):
     model_kw.setdefault("style", "classifier")
     cfg = LLMModelConfig(name_or_path=str(path), head=head, method=method, max_length=192, device="cpu",
@@ -43,8 +30,8 @@ def _fit(path, head, method="lora", steps=6, pairs=None, **model_kw):
 
 
 @pytest.mark.parametrize("head", ["label-token", "classifier"])
-def test_adapter_save_reload_gives_identical_outputs(tiny_dir, tmp_path, head):
-    m = _fit(tiny_dir, head)
+def test_adapter_save_reload_gives_identical_outputs(tiny_qwen_dir, tmp_path, head):
+    m = _fit(tiny_qwen_dir, head)
     pairs = planted_pairs(6, seed=9)
     before = m.predict_proba(pairs)
     assert before.shape == (6, 3) and np.allclose(before.sum(axis=1), 1)
@@ -62,18 +49,18 @@ def test_adapter_save_reload_gives_identical_outputs(tiny_dir, tmp_path, head):
     np.testing.assert_allclose(direct, before, atol=1e-6)
 
 
-def test_classifier_head_is_saved_with_the_adapter(tiny_dir, tmp_path):
+def test_classifier_head_is_saved_with_the_adapter(tiny_qwen_dir, tmp_path):
     from safetensors import safe_open
 
-    m = _fit(tiny_dir, "classifier")
+    m = _fit(tiny_qwen_dir, "classifier")
     saved = m.save(tmp_path / "model")
     with safe_open(str(saved / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert any("score" in k for k in keys) and any("lora_A" in k for k in keys)
 
 
-def test_merge_and_unload_matches_the_adapter_model(tiny_dir, tmp_path):
-    m = _fit(tiny_dir, "label-token", steps=8)
+def test_merge_and_unload_matches_the_adapter_model(tiny_qwen_dir, tmp_path):
+    m = _fit(tiny_qwen_dir, "label-token", steps=8)
     pairs = planted_pairs(6, seed=10)
     merged = m.merged()
     assert not hasattr(merged.model_, "peft_config")
@@ -83,8 +70,8 @@ def test_merge_and_unload_matches_the_adapter_model(tiny_dir, tmp_path):
     np.testing.assert_allclose(load_model(saved).predict_proba(pairs), m.predict_proba(pairs), atol=1e-5)
 
 
-def test_full_fine_tuning_saves_whole_weights(tiny_dir, tmp_path):
-    m = _fit(tiny_dir, "classifier", method="full", steps=3)
+def test_full_fine_tuning_saves_whole_weights(tiny_qwen_dir, tmp_path):
+    m = _fit(tiny_qwen_dir, "classifier", method="full", steps=3)
     pairs = planted_pairs(4, seed=11)
     saved = m.save(tmp_path / "full")
     assert json.loads((saved / MODEL_META_FILE).read_text())["weights"] == "full"

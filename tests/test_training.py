@@ -16,28 +16,8 @@ from prefpred.inference import InferenceConfig  # noqa: E402
 from prefpred.models.llm import LLMPreferenceModel  # noqa: E402
 from prefpred.testing import planted_pairs  # noqa: E402
 from prefpred.training import LLMModelConfig, LoRAConfig, TrainingConfig  # noqa: E402
-from prefpred.training.tiny import write_tiny_model  # noqa: E402
 from prefpred.training.trainer import EVAL_KEYS, METRICS_FILE, TRAIN_KEYS, read_metrics  # noqa: E402
 from prefpred.types import Pair, Turn  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train far faster on one thread than on a shared, oversubscribed CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2", "qwen2")
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", "llama")
 
 
 def _model_cfg(path, head="label-token", style="classifier", method="lora", **kw) -> LLMModelConfig:
@@ -63,9 +43,9 @@ def _fit(model_cfg, train_cfg, pairs, eval_pairs=None, out=None, **kw):
     return LLMPreferenceModel(model_cfg, train_cfg, seed=0, **kw).fit(pairs, eval_pairs, output_dir=out)
 
 
-def test_label_token_study_prompt_loss_falls_and_metrics_jsonl(qwen_dir, tmp_path):
+def test_label_token_study_prompt_loss_falls_and_metrics_jsonl(tiny_qwen_dir, tmp_path):
     pairs = planted_pairs(16, seed=0)
-    m = _fit(_model_cfg(qwen_dir, style="seed-digits", max_length=256), _train_cfg(max_steps=30), pairs,
+    m = _fit(_model_cfg(tiny_qwen_dir, style="seed-digits", max_length=256), _train_cfg(max_steps=30), pairs,
              out=tmp_path)
     first, last = _first_last(m.history_)
     assert last < 0.5 * first, (first, last)
@@ -83,10 +63,10 @@ def test_label_token_study_prompt_loss_falls_and_metrics_jsonl(qwen_dir, tmp_pat
     assert (tmp_path / "checkpoints").is_dir()
 
 
-def test_classifier_lora_trains_adapters_and_head_only(llama_dir):
+def test_classifier_lora_trains_adapters_and_head_only(tiny_llama_dir):
     from prefpred.training.modeling import build_model, load_tokenizer
 
-    cfg = _model_cfg(llama_dir, head="classifier")
+    cfg = _model_cfg(tiny_llama_dir, head="classifier")
     tok = load_tokenizer(cfg)
     torch.manual_seed(0)  # fit seeds the same way: same head and adapter initialisation
     before = {k: v.detach().clone() for k, v in build_model(cfg, tok).named_parameters()}
@@ -107,32 +87,32 @@ def test_classifier_lora_trains_adapters_and_head_only(llama_dir):
     assert torch.equal(after[original_head[0]].detach(), before[original_head[0]])
 
 
-def test_soft_labels_are_the_targets(qwen_dir):
+def test_soft_labels_are_the_targets(tiny_qwen_dir):
     target = (0.6, 0.3, 0.1)
     pairs = [Pair(id=str(i), turns=p.turns, label=target) for i, p in enumerate(planted_pairs(8, seed=2))]
-    m = _fit(_model_cfg(qwen_dir, head="classifier"), _train_cfg(max_steps=30, swap_augment=False), pairs,
+    m = _fit(_model_cfg(tiny_qwen_dir, head="classifier"), _train_cfg(max_steps=30, swap_augment=False), pairs,
              inference=InferenceConfig(max_length=160, swap_average=False, progress=False))
     proba = m.predict_proba(pairs)
     assert np.allclose(proba.mean(axis=0), target, atol=0.08), proba.mean(axis=0)
     assert proba[:, 0].max() < 0.9  # a soft target, not a hard "a"
 
 
-def test_sample_weight_zero_pairs_are_ignored(qwen_dir):
+def test_sample_weight_zero_pairs_are_ignored(tiny_qwen_dir):
     src = planted_pairs(16, seed=3)
     pairs = [Pair(id=str(i), turns=p.turns, label=(1.0, 0.0, 0.0) if i % 2 == 0 else (0.0, 1.0, 0.0),
                   weight=1.0 if i % 2 == 0 else 0.0) for i, p in enumerate(src)]
-    m = _fit(_model_cfg(qwen_dir, head="classifier"), _train_cfg(max_steps=25, swap_augment=False), pairs,
+    m = _fit(_model_cfg(tiny_qwen_dir, head="classifier"), _train_cfg(max_steps=25, swap_augment=False), pairs,
              inference=InferenceConfig(max_length=160, swap_average=False, progress=False))
     proba = m.predict_proba(pairs)
     assert proba[:, 0].mean() > 0.8, proba.mean(axis=0)
 
 
-def test_early_stopping_keeps_and_loads_the_best_checkpoint(qwen_dir, tmp_path):
+def test_early_stopping_keeps_and_loads_the_best_checkpoint(tiny_qwen_dir, tmp_path):
     train, val = planted_pairs(16, seed=4), planted_pairs(8, seed=5)
     # any evaluation that does not beat the best by 100 nats counts as "no improvement": stop at the 2nd one
     tcfg = _train_cfg(max_steps=30, eval_steps=2, save_steps=2, early_stopping_patience=1,
                       early_stopping_threshold=100.0, save_total_limit=1)
-    m = _fit(_model_cfg(qwen_dir, head="classifier"), tcfg, train, val, out=tmp_path,
+    m = _fit(_model_cfg(tiny_qwen_dir, head="classifier"), tcfg, train, val, out=tmp_path,
              inference=InferenceConfig(max_length=160, progress=False))
     res = m.training_result_
     assert res.stopped_early and res.global_step == 4
@@ -164,9 +144,9 @@ def _interrupt_after(step: int):
     return Stop()
 
 
-def test_interrupted_run_resumes_from_last_checkpoint(qwen_dir, tmp_path):
+def test_interrupted_run_resumes_from_last_checkpoint(tiny_qwen_dir, tmp_path):
     pairs = planted_pairs(16, seed=6)
-    cfg = _model_cfg(qwen_dir, head="label-token", lora=LoRAConfig(r=4, alpha=8, dropout=0.0))
+    cfg = _model_cfg(tiny_qwen_dir, head="label-token", lora=LoRAConfig(r=4, alpha=8, dropout=0.0))
     tcfg = _train_cfg(max_steps=10, save_steps=4, logging_steps=1)
     out = tmp_path / "run"
     with pytest.raises(_Interrupt):
@@ -187,8 +167,8 @@ def test_interrupted_run_resumes_from_last_checkpoint(qwen_dir, tmp_path):
     assert _first_last(resumed.history_, k=1)[1] == pytest.approx(_first_last(straight.history_, k=1)[1], rel=1e-4)
 
 
-def test_full_fine_tuning_with_gradient_checkpointing(qwen_dir):
-    cfg = _model_cfg(qwen_dir, head="classifier", method="full", gradient_checkpointing=True)
+def test_full_fine_tuning_with_gradient_checkpointing(tiny_qwen_dir):
+    cfg = _model_cfg(tiny_qwen_dir, head="classifier", method="full", gradient_checkpointing=True)
     m = _fit(cfg, _train_cfg(max_steps=6, learning_rate=1e-3), planted_pairs(8, seed=7))
     assert not hasattr(m.model_, "peft_config")
     assert m.model_.is_gradient_checkpointing
@@ -196,7 +176,7 @@ def test_full_fine_tuning_with_gradient_checkpointing(qwen_dir):
     assert all(np.isfinite(r["train_loss"]) for r in m.history_ if r["kind"] == "train")
 
 
-def test_lora_target_modules_attention_vs_all_linear(qwen_dir):
+def test_lora_target_modules_attention_vs_all_linear(tiny_qwen_dir):
     import re
 
     from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -205,7 +185,7 @@ def test_lora_target_modules_attention_vs_all_linear(qwen_dir):
     from prefpred.training.modeling import head_modules, lora_target_modules
 
     from_cfg = AutoModelForSequenceClassification.from_config
-    qwen = from_cfg(AutoConfig.from_pretrained(qwen_dir, num_labels=3))
+    qwen = from_cfg(AutoConfig.from_pretrained(tiny_qwen_dir, num_labels=3))
     names = [n for n, _ in qwen.named_modules()]
 
     def matched(pattern):
@@ -231,7 +211,7 @@ def test_lora_target_modules_attention_vs_all_linear(qwen_dir):
     assert any(n.endswith("intermediate.dense") for n in every) and "classifier" not in every
 
 
-def test_swap_augmentation_dataset_and_collator(qwen_dir):
+def test_swap_augmentation_dataset_and_collator(tiny_qwen_dir):
     from prefpred.hf import load_tokenizer
     from prefpred.inference.batching import Encoder
     from prefpred.prompts import get_style
@@ -241,7 +221,7 @@ def test_swap_augmentation_dataset_and_collator(qwen_dir):
     ds = PairDataset(pairs, swap_augment=True)
     assert len(ds) == 8
     assert ds[5] == pairs[1].swapped() and ds[5].label == (pairs[1].label[1], pairs[1].label[0], pairs[1].label[2])
-    tok = load_tokenizer(str(qwen_dir))
+    tok = load_tokenizer(str(tiny_qwen_dir))
     style = get_style("seed-digits")
     batch = PairCollator(tok, style, "label-token", 256)([ds[i] for i in range(8)])
     ids, _ = Encoder(tok, style, "label-token", 256).encode([ds[i] for i in range(8)])
@@ -269,8 +249,8 @@ def test_config_validation():
     assert LLMModelConfig(name_or_path="x").style_name == "classifier"
 
 
-def test_metrics_rows_are_json(qwen_dir, tmp_path):
-    m = _fit(_model_cfg(qwen_dir, head="classifier"), _train_cfg(max_steps=2, logging_steps=1), planted_pairs(4),
+def test_metrics_rows_are_json(tiny_qwen_dir, tmp_path):
+    m = _fit(_model_cfg(tiny_qwen_dir, head="classifier"), _train_cfg(max_steps=2, logging_steps=1), planted_pairs(4),
              out=tmp_path)
     for line in (tmp_path / METRICS_FILE).read_text().splitlines():
         row = json.loads(line)
