@@ -189,7 +189,11 @@ def build_report(run_dir: str | Path) -> Path:
         raise FileNotFoundError(2, "No such file or directory (not a prefpred run directory?)", str(metrics_path))
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     plots = sorted(p.name for p in run_dir.glob("*.png"))
-    if metrics.get("model_kind") == "llm":  # LLM training runs have their own layout
+    if metrics.get("kind") == "experiment":  # `prefpred experiment` runs have their own layout
+        from prefpred.experiment import render_experiment_report
+
+        return atomic_write_text(run_dir / "report.md", render_experiment_report(metrics, plots))
+    if metrics.get("model_kind") == "llm":  # so do LLM training runs
         from prefpred.training.job import render_train_report
 
         return atomic_write_text(run_dir / "report.md", render_train_report(metrics, plots))

@@ -55,7 +55,7 @@ def bench_inference(
     swap: bool = typer.Option(True, "--swap/--no-swap", help="Swap averaging."),
     processes: int = typer.Option(1, "--processes", help="Also time N data-parallel processes (N > 1)."),
     repeats: int = typer.Option(1, "--repeats", help="Keep the fastest of N runs of each path."),
-    engine: str = typer.Option("hf", "--engine", help="hf (transformers) or vllm (needs prefpred[vllm])."),
+    engine: str = typer.Option("hf", "--engine", help="hf (transformers) or vllm (needs the extra: pip install prefpred\\[vllm])."),
     device: str = typer.Option("auto", "--device", help="Device (auto, cpu, cuda:0, ...)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     seed: int = typer.Option(0, "--seed", help="Seed (initialisation of a fresh classification head)."),
