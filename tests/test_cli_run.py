@@ -2,38 +2,15 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from prefpred.cli import app
+from prefpred.data import write_arena_csv
 from prefpred.testing import planted_pairs
-from prefpred.types import Pair
 
 runner = CliRunner()
-
-
-def write_kaggle_csv(pairs: list[Pair], path: Path, *, labels: bool = True) -> Path:
-    """Pairs in the Kaggle LMSYS layout: JSON-encoded turn lists, one-hot winner columns (train) or none (test)."""
-    cols = ["id", "model_a", "model_b", "prompt", "response_a", "response_b"]
-    if labels:
-        cols += ["winner_model_a", "winner_model_b", "winner_tie"]
-    else:
-        cols = ["id", "prompt", "response_a", "response_b"]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for p in pairs:
-            row = {"id": p.id, "model_a": p.model_a, "model_b": p.model_b,
-                   "prompt": json.dumps([t.prompt for t in p.turns]),
-                   "response_a": json.dumps([t.response_a for t in p.turns]),
-                   "response_b": json.dumps([t.response_b for t in p.turns])}
-            if labels:
-                row.update(zip(("winner_model_a", "winner_model_b", "winner_tie"), (int(v) for v in p.label),
-                               strict=True))
-            w.writerow([row[c] for c in cols])
-    return path
 
 
 def _ok(result) -> None:
@@ -43,9 +20,9 @@ def _ok(result) -> None:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    train = write_kaggle_csv(planted_pairs(120, seed=21), d / "train.csv")
+    train = write_arena_csv(planted_pairs(120, seed=21), d / "train.csv")
     test_pairs = [p for p in planted_pairs(25, seed=99)]
-    test = write_kaggle_csv([p.__class__(id=f"t{p.id}", turns=p.turns) for p in test_pairs], d / "test.csv",
+    test = write_arena_csv([p.__class__(id=f"t{p.id}", turns=p.turns) for p in test_pairs], d / "test.csv",
                             labels=False)
     return d, train, test
 

@@ -3,7 +3,6 @@ LLM configs load."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from prefpred.cli import app
+from prefpred.data import write_arena_csv
 from prefpred.testing import planted_pairs
 
 torch = pytest.importorskip("torch")
@@ -24,17 +24,7 @@ LLM_CONFIGS = ("qwen2.5-0.5b-label-token-qlora.yaml", "qwen2.5-0.5b-classifier.y
 @pytest.fixture
 def arena_csv(tmp_path):
     """Kaggle-style train.csv rows (JSON-list text cells, one-hot winner columns) from planted pairs."""
-    path = tmp_path / "train.csv"
-    cols = ["id", "model_a", "model_b", "prompt", "response_a", "response_b",
-            "winner_model_a", "winner_model_b", "winner_tie"]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for p in planted_pairs(40, seed=3, multi_turn_rate=0.2):
-            w.writerow([p.id, p.model_a, p.model_b, json.dumps([t.prompt for t in p.turns]),
-                        json.dumps([t.response_a for t in p.turns]), json.dumps([t.response_b for t in p.turns]),
-                        *(int(x) for x in p.label)])
-    return path
+    return write_arena_csv(planted_pairs(40, seed=3, multi_turn_rate=0.2), tmp_path / "train.csv")
 
 
 def test_train_help():

@@ -20,10 +20,11 @@ from prefpred.data import (
     pairs_summary,
     parse_hh_transcript,
     read_pairs,
+    write_arena_csv,
     write_pairs_jsonl,
 )
 from prefpred.testing import planted_pairs
-from prefpred.types import DataError, UserError
+from prefpred.types import DataError, Pair, UserError
 
 HEADER = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a", "winner_model_b",
           "winner_tie"]
@@ -298,3 +299,17 @@ def test_shared_data_all_formats(shared_data):
     result = run_cli("data", "stats", str(shared_data / "arena" / "train.csv"), "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["turns"]["multi"] > 0
+
+
+def test_write_arena_csv_roundtrip_train_and_test(tmp_path):
+    pairs = planted_pairs(12, seed=8, multi_turn_rate=0.5)
+    train = load_pairs(write_arena_csv(pairs, tmp_path / "train.csv"))
+    assert [p.id for p in train] == [p.id for p in pairs]
+    assert [p.turns for p in train] == [p.turns for p in pairs]
+    assert [p.hard_label for p in train] == [p.hard_label for p in pairs]
+    test = load_pairs(write_arena_csv(pairs, tmp_path / "test.csv", labels=False))
+    assert all(p.label is None for p in test) and [p.turns for p in test] == [p.turns for p in pairs]
+    unlabelled = [Pair(id="x", turns=pairs[0].turns)]
+    with pytest.raises(ValueError, match="no label"):
+        write_arena_csv(unlabelled, tmp_path / "bad.csv")
+    assert not (tmp_path / "bad.csv").exists()

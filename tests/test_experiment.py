@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from prefpred.cli import app
+from prefpred.data import write_arena_csv
 from prefpred.experiment import (
     TRAIN_FOLD,
     VALIDATION_FOLD,
@@ -44,19 +44,6 @@ def _pairs_with_repeated_prompts(n: int, seed: int = 0) -> list[Pair]:
             p = replace(p, turns=(Turn(prev.turns[0].prompt, p.turns[0].response_a, p.turns[0].response_b),))
         out.append(p)
     return out
-
-
-def _write_kaggle_csv(pairs: list[Pair], path: Path) -> Path:
-    cols = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a", "winner_model_b",
-            "winner_tie"]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for p in pairs:
-            w.writerow([p.id, p.model_a, p.model_b, json.dumps([t.prompt for t in p.turns]),
-                        json.dumps([t.response_a for t in p.turns]), json.dumps([t.response_b for t in p.turns]),
-                        *[int(x) for x in p.label]])
-    return path
 
 
 @pytest.fixture
@@ -162,7 +149,7 @@ def test_experiment_help():
 
 
 def test_experiment_without_model_is_one_line_error(tmp_path):
-    data = _write_kaggle_csv(planted_pairs(20, seed=0), tmp_path / "train.csv")
+    data = write_arena_csv(planted_pairs(20, seed=0), tmp_path / "train.csv")
     result = runner.invoke(app, ["experiment", "--data", str(data), "--out", str(tmp_path / "runs")])
     assert result.exit_code == 2
     assert "model.name_or_path" in result.output
@@ -175,7 +162,7 @@ def test_experiment_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, one_tor
     from prefpred.models.judge import ZeroShotJudge
     from prefpred.submission import read_predictions
 
-    data = _write_kaggle_csv(_pairs_with_repeated_prompts(48, seed=2), tmp_path / "train.csv")
+    data = write_arena_csv(_pairs_with_repeated_prompts(48, seed=2), tmp_path / "train.csv")
     out = tmp_path / "runs"
     args = ["experiment", "--config", str(TINY_CONFIG), "--model", str(tiny_model_dir), "--data", str(data),
             "--out", str(out), "--name", "tiny", "--max-steps", "2", "--seed", "7"]

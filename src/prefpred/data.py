@@ -524,6 +524,28 @@ def write_pairs_jsonl(pairs: Iterable[Pair], path: str | Path, *, force: bool = 
     return Path(path)
 
 
+def write_arena_csv(pairs: Iterable[Pair], path: str | Path, *, labels: bool = True, force: bool = True) -> Path:
+    """Write pairs in the Kaggle LMSYS layout, atomically: JSON-encoded turn lists and, with ``labels``, one-hot
+    ``winner_model_a/b/tie`` columns (soft labels are written as their most probable class); without ``labels``
+    the test layout ``id,prompt,response_a,response_b``."""
+    cols = ["id", "model_a", "model_b", *ARENA_TEXT_COLUMNS, *ARENA_LABEL_COLUMNS] if labels \
+        else ["id", *ARENA_TEXT_COLUMNS]
+    with atomic_path(path, force=force) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for p in pairs:
+            row = {"id": p.id, "model_a": p.model_a or "", "model_b": p.model_b or "",
+                   "prompt": json.dumps([t.prompt for t in p.turns], ensure_ascii=False),
+                   "response_a": json.dumps([t.response_a for t in p.turns], ensure_ascii=False),
+                   "response_b": json.dumps([t.response_b for t in p.turns], ensure_ascii=False)}
+            if labels:
+                if p.hard_label is None:
+                    raise ValueError(f"pair {p.id!r} has no label (write with labels=False for a test file)")
+                row.update(zip(ARENA_LABEL_COLUMNS, (int(v) for v in one_hot(p.hard_label)), strict=True))
+            w.writerow([row[c] for c in cols])
+    return Path(path)
+
+
 # --------------------------------------------------------------------------------------------- detection + API
 def detect_format(path: Path) -> str:
     """Guess the reader for ``path`` from its name and first record."""
