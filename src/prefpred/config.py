@@ -47,6 +47,21 @@ class DataConfig:
     """Sample weight of the extra pairs."""
 
 
+@dataclasses.dataclass
+class RunBase:
+    """Fields every run config shares (``prefpred run``, ``train``, ``experiment``): where the run directory goes,
+    the one seed, and the data. Each command's config subclasses this and adds its own sections."""
+
+    name: str | None = None
+    """Run name: the run directory is ``<out_dir>/<name>``. Default: ``<command>-<UTC timestamp>``."""
+    out_dir: str = "runs"
+    """Folder holding run directories."""
+    seed: int = 42
+    """One seed for everything: splits, model initialisation and training, Python/NumPy/torch RNGs."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """The labelled pairs (and optional extra training-only pairs)."""
+
+
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from prefpred.config import DataConfig, save_config
+from prefpred.config import RunBase, save_config
 from prefpred.inference.config import InferenceConfig
 from prefpred.models.cpu import CPUModelConfig
 from prefpred.splits import GROUP_BY_CHOICES, SplitConfig
@@ -100,17 +100,9 @@ class ZeroShotConfig:
 
 
 @dataclasses.dataclass
-class ExperimentConfig:
+class ExperimentConfig(RunBase):
     """Everything ``prefpred experiment`` needs; saved, resolved, as ``config.yaml`` in the run directory."""
 
-    name: str | None = None
-    """Run name: the run directory is ``<out_dir>/<name>``. Default: ``experiment-<UTC timestamp>``."""
-    out_dir: str = "runs"
-    """Folder holding run directories."""
-    seed: int = 42
-    """One seed for everything: the split, LoRA initialisation, data order, dropout, LightGBM, bootstrap."""
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    """The labelled pairs (and optional extra training-only pairs)."""
     validation_fraction: float = 0.2
     """Share of the rows (whole prompt groups, stratified by label) in the validation split."""
     group_by: str = "prompt"

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from prefpred.calibration import METHODS, Calibrator
-from prefpred.config import DataConfig, save_config
+from prefpred.config import RunBase, save_config
 from prefpred.metrics import (
     compute_metrics,
     fold_summary,
@@ -60,17 +60,9 @@ TOP_FEATURES = 20
 
 
 @dataclasses.dataclass
-class RunConfig:
+class RunConfig(RunBase):
     """Everything a ``prefpred run`` needs; saved, resolved, as ``config.yaml`` in the run directory."""
 
-    name: str | None = None
-    """Run name: the run directory is ``<out_dir>/<name>``. Default: ``run-<UTC timestamp>``."""
-    out_dir: str = "runs"
-    """Folder holding run directories."""
-    seed: int = 42
-    """One seed for everything: splits, model training, Python/NumPy/torch RNGs."""
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    """Training data (and optional extra training-only pairs)."""
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     """Cross-validation folds and holdout."""
     model: CPUModelConfig = dataclasses.field(default_factory=CPUModelConfig)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from prefpred.config import DataConfig, save_config
+from prefpred.config import RunBase, save_config
 from prefpred.inference import InferenceConfig
 from prefpred.splits import HOLDOUT_FOLD, SplitConfig
 from prefpred.training.config import LLMModelConfig, TrainingConfig
@@ -46,17 +46,9 @@ RUN_FILES = ("config.yaml", "splits.csv", "metrics.jsonl", "metrics.json", "vali
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(RunBase):
     """Everything ``prefpred train`` needs; saved, resolved, as ``config.yaml`` in the run directory."""
 
-    name: str | None = None
-    """Run name: the run directory is ``<out_dir>/<name>``. Default: ``llm-<UTC timestamp>``."""
-    out_dir: str = "runs"
-    """Folder holding run directories."""
-    seed: int = 42
-    """One seed for everything: splits, LoRA initialisation, data order, dropout."""
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    """Training data (and optional extra training-only pairs)."""
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     """Holdout and folds (grouped by prompt); one fold is the validation set."""
     validation_fold: int = 0
