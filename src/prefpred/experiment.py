@@ -51,7 +51,7 @@ from prefpred.models.cpu import CPUModelConfig
 from prefpred.splits import GROUP_BY_CHOICES, SplitConfig
 from prefpred.training.config import LLMModelConfig, TrainingConfig
 from prefpred.types import ConfigError, DataError, Pair, UserError
-from prefpred.utils import atomic_path, atomic_write_text
+from prefpred.utils import atomic_path, atomic_write_text, json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -476,7 +476,7 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
         },
         "timing": timing,
     }
-    metrics = _sanitize(metrics)
+    metrics = json_safe(metrics)
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     plots = sorted(p.name for p in run_dir.glob("*.png"))
     atomic_write_text(run_dir / "report.md", render_experiment_report(metrics, plots))
@@ -505,16 +505,6 @@ def _plots(run_dir: Path, name: str, y: np.ndarray, probas: Mapping[str, np.ndar
     plot_reliability(y, sets, run_dir / "reliability.png")
 
 
-def _sanitize(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _sanitize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_sanitize(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import shutil
 import tempfile
 import time
@@ -51,7 +50,7 @@ from prefpred.models.cpu import CPUModelConfig, CPUPreferenceModel
 from prefpred.splits import SplitConfig, holdout_mask, iter_folds, make_splits, normalize_prompt, save_splits
 from prefpred.submission import read_predictions, write_predictions
 from prefpred.types import ConfigError, DataError, Pair, label_matrix
-from prefpred.utils import atomic_write_text, set_seed
+from prefpred.utils import atomic_write_text, json_safe, set_seed
 
 logger = logging.getLogger(__name__)
 
@@ -94,17 +93,6 @@ def _validate(pairs: Sequence[Pair], where: str) -> None:
                         "training needs labelled data", path=where)
 
 
-def _sanitize(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _sanitize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_sanitize(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _top_features(model: Any, k: int = TOP_FEATURES) -> list[dict[str, Any]]:
@@ -318,7 +306,7 @@ def run_job(cfg: RunConfig) -> Path:
                            title=f"Out-of-fold confusion (n={int(cv_mask.sum())})")
         timing["total_s"] = time.perf_counter() - t_start
         metrics["timing"] = timing
-        atomic_write_text(work / "metrics.json", json.dumps(_sanitize(metrics), indent=2) + "\n")
+        atomic_write_text(work / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
         build_report(work)
 
         # 9. move into place ---------------------------------------------------------------------------
@@ -376,4 +364,4 @@ def evaluate_predictions(pred_path: str | Path, pairs: Sequence[Pair]) -> dict[s
     out: dict[str, Any] = compute_metrics(y, proba)
     out["confusion"] = confusion_matrix(y, proba).tolist()
     out["segments"] = segment_metrics(list(pairs), proba).to_dict(orient="records")
-    return _sanitize(out)
+    return json_safe(out)

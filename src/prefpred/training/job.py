@@ -37,7 +37,7 @@ from prefpred.inference import InferenceConfig
 from prefpred.splits import HOLDOUT_FOLD, SplitConfig
 from prefpred.training.config import LLMModelConfig, TrainingConfig
 from prefpred.types import ConfigError, DataError, Pair
-from prefpred.utils import atomic_write_text
+from prefpred.utils import atomic_write_text, json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def train_job(cfg: TrainConfig) -> Path:
         },
         "timing": timing,
     }
-    atomic_write_text(run_dir / "metrics.json", json.dumps(_sanitize(metrics), indent=2) + "\n")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
     plots = sorted(p.name for p in run_dir.glob("*.png"))
     atomic_write_text(run_dir / "report.md", render_train_report(metrics, plots))
     if not cfg.keep_checkpoints:
@@ -256,17 +256,6 @@ def train_job(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def _sanitize(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _sanitize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_sanitize(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if np.isfinite(f) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
