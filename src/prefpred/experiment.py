@@ -48,6 +48,7 @@ import pandas as pd
 from prefpred.config import RunBase, save_config
 from prefpred.inference.config import InferenceConfig
 from prefpred.models.cpu import CPUModelConfig
+from prefpred.report import plots_section
 from prefpred.splits import GROUP_BY_CHOICES, SplitConfig
 from prefpred.training.config import LLMModelConfig, TrainingConfig
 from prefpred.types import ConfigError, DataError, Pair, UserError
@@ -639,10 +640,7 @@ def render_experiment_report(metrics: Mapping[str, Any], plots: Sequence[str] = 
               f"| best eval loss | {_f(a.get('min_eval_loss'))} (step {_f(a.get('best_eval_step'))}) |", ""]
     lines += [f"- {line}" for line in describe(a)]
     lines.append("")
-    if plots:
-        lines += ["## Plots", ""]
-        for p in plots:
-            lines += [f"![{p}]({p})", ""]
+    lines += plots_section(plots)
     lines += ["## Files", "", "`config.yaml` (resolved config) · `splits.csv` (id → fold: 0 = validation, 1 = "
               "training) · `metrics.json` · `metrics.jsonl` (fine-tuning log) · `predictions/*.csv` (validation "
               "predictions per model) · `model/` (adapter or weights + tokenizer + head)", ""]

@@ -73,6 +73,15 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def plots_section(plots: Sequence[str], captions: Mapping[str, str] | None = None) -> list[str]:
+    """Markdown lines embedding each PNG (with a bold caption when one is given); empty without plots."""
+    lines: list[str] = ["## Plots", ""] if plots else []
+    for p in plots:
+        caption = (captions or {}).get(p)
+        lines += ([f"**{caption}**", ""] if caption else []) + [f"![{p}]({p})", ""]
+    return lines
+
+
 def render_report(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     """Markdown text of the report for a run's ``metrics.json`` content; ``plots`` are PNG names to embed."""
     m = metrics
@@ -138,12 +147,8 @@ def render_report(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
                      f", ECE {_num(hold['raw']['ece'])} → {_num(hold['calibrated']['ece'])}.")
         lines += [desc, ""]
 
-    present = [p for p, _ in PLOTS if p in plots] + [p for p in plots if p not in dict(PLOTS)]
-    if present:
-        lines += ["## Plots", ""]
-        captions = dict(PLOTS)
-        for p in present:
-            lines += [f"**{captions.get(p, p)}**", "", f"![{p}]({p})", ""]
+    lines += plots_section([p for p, _ in PLOTS if p in plots] + [p for p in plots if p not in dict(PLOTS)],
+                           dict(PLOTS))
 
     segs = m.get("segments") or []
     if segs:

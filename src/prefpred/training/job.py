@@ -34,6 +34,7 @@ import numpy as np
 
 from prefpred.config import RunBase, save_config
 from prefpred.inference import InferenceConfig
+from prefpred.report import plots_section
 from prefpred.splits import HOLDOUT_FOLD, SplitConfig
 from prefpred.training.config import LLMModelConfig, TrainingConfig
 from prefpred.types import ConfigError, DataError, Pair
@@ -299,10 +300,7 @@ def render_train_report(metrics: dict[str, Any], plots: Sequence[str] = ()) -> s
               + (f"; resumed from step {t['resumed_from_step']}" if t.get("resumed_from_step") else "") + ".", ""]
     lines += [f"- {line}" for line in describe(t.get("analysis", {}))]
     lines.append("")
-    if plots:
-        lines += ["## Plots", ""]
-        for p in plots:
-            lines += [f"![{p}]({p})", ""]
+    lines += plots_section(plots)
     lines += ["## Files", "", "`config.yaml` · `splits.csv` (id → fold, -1 = holdout) · `metrics.jsonl` (per "
               "logged step) · `metrics.json` · `validation.csv` / `holdout.csv` (predictions) · `model/` "
               "(adapter or weights + tokenizer + head)", ""]
