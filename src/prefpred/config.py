@@ -61,6 +61,12 @@ class RunBase:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     """The labelled pairs (and optional extra training-only pairs)."""
 
+    def run_name(self, prefix: str) -> str:
+        """:attr:`name`, or ``<prefix>-<UTC timestamp>`` when none is set."""
+        from datetime import datetime, timezone
+
+        return self.name or f"{prefix}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
 
 def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)

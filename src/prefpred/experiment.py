@@ -48,9 +48,10 @@ import pandas as pd
 from prefpred.config import RunBase, save_config
 from prefpred.inference.config import InferenceConfig
 from prefpred.models.cpu import CPUModelConfig
-from prefpred.report import plots_section
+from prefpred.report import fmt, plots_section
 from prefpred.splits import GROUP_BY_CHOICES, SplitConfig
 from prefpred.training.config import LLMModelConfig, TrainingConfig
+from prefpred.training.job import aligned_inference, prepare_run_dir
 from prefpred.types import ConfigError, DataError, Pair, UserError
 from prefpred.utils import atomic_path, atomic_write_text, json_safe
 
@@ -240,23 +241,6 @@ def grouped_bootstrap(y: np.ndarray, probas: Mapping[str, np.ndarray], groups: S
 
 
 # ------------------------------------------------------------------------------------------------ steps
-def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig) -> bool:
-    """Check/clear ``run_dir``; returns whether an unfinished fine-tuning will be resumed."""
-    from prefpred.training.trainer import CHECKPOINT_DIR, last_checkpoint
-
-    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
-        return False
-    if not run_dir.is_dir():
-        raise FileExistsError(f"{run_dir} exists and is not a directory")
-    if cfg.overwrite:
-        shutil.rmtree(run_dir)
-        return False
-    finished = (run_dir / "metrics.json").is_file()
-    if not finished and cfg.training.resume and last_checkpoint(run_dir / CHECKPOINT_DIR) is not None:
-        return True
-    raise FileExistsError(f"{run_dir} exists (use --force or another --name)")
-
-
 def _is_causal_lm(path: str) -> tuple[bool, str]:
     """Whether ``path`` names a model that generates text (a judge), with the architecture names."""
     from transformers import AutoConfig
@@ -356,13 +340,10 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
     if not cfg.model.name_or_path:
         raise ConfigError("model.name_or_path is empty: give a hub id or a local model directory (--model)")
     set_seed(cfg.seed)
-    name = cfg.name or "experiment-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    inference = cfg.inference
-    if inference.max_length == InferenceConfig().max_length and cfg.model.max_length != inference.max_length:
-        inference = dataclasses.replace(inference, max_length=cfg.model.max_length)
-    cfg = dataclasses.replace(cfg, name=name, inference=inference)
+    name = cfg.run_name("experiment")
+    cfg = dataclasses.replace(cfg, name=name, inference=aligned_inference(cfg.model, cfg.inference))
     run_dir = Path(cfg.out_dir) / name
-    resuming = _prepare_run_dir(run_dir, cfg)
+    resuming = prepare_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.training.resume)
 
     # 1. data and split --------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -509,18 +490,11 @@ def _plots(run_dir: Path, name: str, y: np.ndarray, probas: Mapping[str, np.ndar
 
 
 # ------------------------------------------------------------------------------------------------ report
-def _f(v: Any, digits: int = 4, sign: bool = False) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
-    return str(v)
-
 
 def _ci(ci: Sequence[float] | None, digits: int = 4, sign: bool = True) -> str:
     if not ci:
         return "no interval"
-    return f"95% CI {_f(ci[0], digits, sign)} to {_f(ci[1], digits, sign)}"
+    return f"95% CI {fmt(ci[0], digits, sign)} to {fmt(ci[1], digits, sign)}"
 
 
 def model_label(key: str, metrics: Mapping[str, Any]) -> str:
@@ -543,9 +517,9 @@ def comparison_sentence(c: Mapping[str, Any]) -> list[str]:
             return "**within noise** (the interval contains 0)"
         return "**better**, beyond noise" if better else "**worse**, beyond noise"
 
-    return [f"accuracy {_f(c['accuracy_gain'], 4, True)} ({_ci(c.get('accuracy_gain_ci95'))}): "
+    return [f"accuracy {fmt(c['accuracy_gain'], 4, True)} ({_ci(c.get('accuracy_gain_ci95'))}): "
             f"{verdict(acc_noise, c['accuracy_gain'] > 0)}",
-            f"log loss {_f(-c['log_loss_reduction'], 4, True)} (reduction {_f(c['log_loss_reduction'], 4, True)}, "
+            f"log loss {fmt(-c['log_loss_reduction'], 4, True)} (reduction {fmt(c['log_loss_reduction'], 4, True)}, "
             f"{_ci(c.get('log_loss_reduction_ci95'))}): {verdict(ll_noise, c['log_loss_reduction'] > 0)}"]
 
 
@@ -560,7 +534,7 @@ def render_experiment_report(metrics: Mapping[str, Any], plots: Sequence[str] = 
     lines = [f"# prefpred experiment `{m.get('name')}`", "",
              f"Created {m.get('created')} · seed {m.get('seed')} · model `{m.get('base_model')}` · method "
              f"`{m.get('method')}` · head `{m.get('head')}` · prompt style `{m.get('style')}` · total time "
-             f"{_f((m.get('timing') or {}).get('total_s'), 1)} s", "",
+             f"{fmt((m.get('timing') or {}).get('total_s'), 1)} s", "",
              f"Data: `{m.get('data_path') or 'hub dataset'}` — {c.get('pairs')} labelled pairs, split by prompt "
              f"(grouped by `{m.get('group_by')}`, stratified by label): {c.get('train')} training pairs "
              f"({c.get('train_groups')} prompt groups) and {n_val} validation pairs ({c.get('validation_groups')} "
@@ -569,9 +543,9 @@ def render_experiment_report(metrics: Mapping[str, Any], plots: Sequence[str] = 
              f"## Results on the validation split (n = {n_val})", "",
              "| model | log loss | accuracy | accuracy 95% CI | Brier | ECE |", "|---|---|---|---|---|---|"]
     for key, r in res.items():
-        lines.append(f"| {model_label(key, m)} | {_f(r.get('log_loss'))} | {_f(r.get('accuracy'), 4)} | "
-                     f"{_ci(r.get('accuracy_ci95'), 3, False).replace('95% CI ', '')} | {_f(r.get('brier'))} | "
-                     f"{_f(r.get('ece'))} |")
+        lines.append(f"| {model_label(key, m)} | {fmt(r.get('log_loss'))} | {fmt(r.get('accuracy'), 4)} | "
+                     f"{_ci(r.get('accuracy_ci95'), 3, False).replace('95% CI ', '')} | {fmt(r.get('brier'))} | "
+                     f"{fmt(r.get('ece'))} |")
     for key in m.get("skipped") or {}:
         lines.append(f"| {model_label(key, m)} | – | – | – | – | – |")
     lines.append("")
@@ -596,9 +570,9 @@ def render_experiment_report(metrics: Mapping[str, Any], plots: Sequence[str] = 
              "cpu": "CPU model"}
     for cmp in m.get("comparisons") or []:
         lines.append(f"| {short.get(cmp['a'], cmp['a'])} vs {short.get(cmp['b'], cmp['b'])} | "
-                     f"{_f(cmp['accuracy_gain'], 4, True)} | "
+                     f"{fmt(cmp['accuracy_gain'], 4, True)} | "
                      f"{_ci(cmp.get('accuracy_gain_ci95')).replace('95% CI ', '')} | "
-                     f"{_f(cmp['log_loss_reduction'], 4, True)} | "
+                     f"{fmt(cmp['log_loss_reduction'], 4, True)} | "
                      f"{_ci(cmp.get('log_loss_reduction_ci95')).replace('95% CI ', '')} |")
     lines.append("")
 
@@ -628,16 +602,16 @@ def render_experiment_report(metrics: Mapping[str, Any], plots: Sequence[str] = 
     t = m.get("training") or {}
     a = t.get("analysis") or {}
     lines += ["## Training analysis", "",
-              f"{t.get('global_step')} optimizer steps; best eval loss {_f(t.get('best_eval_loss'))} at step "
+              f"{t.get('global_step')} optimizer steps; best eval loss {fmt(t.get('best_eval_loss'))} at step "
               f"{t.get('best_step')}" + (" (stopped early)" if t.get("stopped_early") else "")
               + (f"; resumed from step {t['resumed_from_step']}" if t.get("resumed_from_step") else "") + ".", "",
               "| figure | value |", "|---|---|",
               f"| train loss reduction (first vs last window) | "
-              f"{_f(a.get('loss_reduction_pct'), 1)}{'%' if a.get('loss_reduction_pct') is not None else ''} |",
-              f"| minimum train loss | {_f(a.get('min_loss'))} (step {_f(a.get('min_loss_step'))}) |",
-              f"| maximum token accuracy | {_f(a.get('max_token_accuracy'), 3)} |",
-              f"| train loss still falling at the end | {_f(a.get('still_falling'))} |",
-              f"| best eval loss | {_f(a.get('min_eval_loss'))} (step {_f(a.get('best_eval_step'))}) |", ""]
+              f"{fmt(a.get('loss_reduction_pct'), 1)}{'%' if a.get('loss_reduction_pct') is not None else ''} |",
+              f"| minimum train loss | {fmt(a.get('min_loss'))} (step {fmt(a.get('min_loss_step'))}) |",
+              f"| maximum token accuracy | {fmt(a.get('max_token_accuracy'), 3)} |",
+              f"| train loss still falling at the end | {fmt(a.get('still_falling'))} |",
+              f"| best eval loss | {fmt(a.get('min_eval_loss'))} (step {fmt(a.get('best_eval_step'))}) |", ""]
     lines += [f"- {line}" for line in describe(a)]
     lines.append("")
     lines += plots_section(plots)
@@ -676,8 +650,8 @@ def results_table(metrics: Mapping[str, Any]) -> list[Any]:
     short = {"prior": "class prior", "base": "base model (zero-shot)", "base_generation": "base (parsed digit)",
              "fine_tuned": f"fine-tuned ({metrics.get('method')})", "cpu": "CPU model"}
     for key, r in (metrics.get("validation") or {}).items():
-        table.add_row(short.get(key, key), _f(r.get("log_loss")), _f(r.get("log_loss_se")),
-                      _f(r.get("accuracy"), 4), _f(r.get("accuracy_se"), 4), _f(r.get("brier")),
+        table.add_row(short.get(key, key), fmt(r.get("log_loss")), fmt(r.get("log_loss_se")),
+                      fmt(r.get("accuracy"), 4), fmt(r.get("accuracy_se"), 4), fmt(r.get("brier")),
                       style="dim" if key == "prior" else "bold" if key == "fine_tuned" else None)
     for key, reason in (metrics.get("skipped") or {}).items():
         table.add_row(short.get(key, key), "–", "–", "–", "–", "–", style="dim")

@@ -80,10 +80,6 @@ class RunConfig(RunBase):
             raise ConfigError(f"name must be a plain folder name, got {self.name!r}")
 
 
-def default_run_name() -> str:
-    return "run-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-
-
 def _validate(pairs: Sequence[Pair], where: str) -> None:
     if not pairs:
         raise DataError("no pairs to train on", path=where)
@@ -129,7 +125,7 @@ def run_job(cfg: RunConfig) -> Path:
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     set_seed(cfg.seed, with_torch=None)  # torch only if embeddings already imported it
-    name = cfg.name or default_run_name()
+    name = cfg.run_name("run")
     cfg = dataclasses.replace(cfg, name=name)
     run_dir = Path(cfg.out_dir) / name
     if run_dir.exists() and not cfg.overwrite and (not run_dir.is_dir() or any(run_dir.iterdir())):

@@ -21,6 +21,15 @@ PLOTS = (
 )
 
 
+def fmt(v: Any, digits: int = 4, sign: bool = False) -> str:
+    """A table cell: ``–`` for missing, floats to ``digits`` places (with ``+`` when ``sign``), else ``str``."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+    return str(v)
+
+
 def _num(v: Any, digits: int = 4) -> str:
     if v is None:
         return "–"

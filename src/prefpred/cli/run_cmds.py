@@ -11,16 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from prefpred.cli.app import app
+from prefpred.report import fmt
 
 console = Console()
 
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
 
 
 def _results_table(metrics: dict[str, Any]) -> Table:
@@ -34,11 +28,11 @@ def _results_table(metrics: dict[str, Any]) -> Table:
     def row(label: str, m: dict[str, Any] | None, style: str | None = None, spread: bool = False) -> None:
         if not m:
             return
-        ll, acc = _fmt(m.get("log_loss")), _fmt(m.get("accuracy"), 3)
+        ll, acc = fmt(m.get("log_loss")), fmt(m.get("accuracy"), 3)
         if spread and summ.get("log_loss") and summ.get("accuracy"):
             ll += f" ± {summ['log_loss']['std']:.3f}"
             acc += f" ± {summ['accuracy']['std']:.2f}"
-        table.add_row(label, ll, acc, _fmt(m.get("ece"), 3), _fmt(m.get("n")), style=style)
+        table.add_row(label, ll, acc, fmt(m.get("ece"), 3), fmt(m.get("n")), style=style)
 
     prior = metrics.get("prior") or {}
     hold = metrics.get("holdout") or {}
@@ -164,7 +158,7 @@ def evaluate_cmd(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("n", "log_loss", "accuracy", "brier", "ece"):
-        table.add_row(key, _fmt(metrics.get(key)))
+        table.add_row(key, fmt(metrics.get(key)))
     console.print(table)
     if out is not None:
         atomic_write_text(out, json.dumps(metrics, indent=2) + "\n", force=force)

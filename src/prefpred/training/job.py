@@ -34,7 +34,7 @@ import numpy as np
 
 from prefpred.config import RunBase, save_config
 from prefpred.inference import InferenceConfig
-from prefpred.report import plots_section
+from prefpred.report import fmt, plots_section
 from prefpred.splits import HOLDOUT_FOLD, SplitConfig
 from prefpred.training.config import LLMModelConfig, TrainingConfig
 from prefpred.types import ConfigError, DataError, Pair
@@ -100,8 +100,19 @@ def _validate(pairs: list[Pair], where: str) -> None:
                         "labelled data", path=where)
 
 
-def _prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
-    """Check/clear ``run_dir``; returns whether an unfinished run will be resumed."""
+def aligned_inference(model: LLMModelConfig, inference: InferenceConfig) -> InferenceConfig:
+    """The inference config with its default ``max_length`` replaced by the model's (scored as trained)."""
+    if inference.max_length == InferenceConfig().max_length and model.max_length != inference.max_length:
+        return dataclasses.replace(inference, max_length=model.max_length)
+    return inference
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> bool:
+    """Check/clear ``run_dir`` of a fine-tuning run; returns whether an unfinished run will be resumed.
+
+    Empty or missing: start fresh. ``overwrite``: remove it (main process only). Unfinished with a checkpoint
+    and ``resume``: resume. Anything else is an error naming the way out.
+    """
     from prefpred.training.trainer import CHECKPOINT_DIR, last_checkpoint
 
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
@@ -110,13 +121,13 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
         raise FileExistsError(f"{run_dir} exists and is not a directory")
     finished = (run_dir / "metrics.json").is_file()
     resumable = last_checkpoint(run_dir / CHECKPOINT_DIR) is not None
-    if cfg.overwrite:
+    if overwrite:
         _barrier()
         if _is_main():
             shutil.rmtree(run_dir)
         _barrier()
         return False
-    if resumable and not finished and cfg.training.resume:
+    if resumable and not finished and resume:
         return True
     raise FileExistsError(f"{run_dir} exists (use --force or another --name"
                           + (")" if finished or not resumable else "; set training.resume to continue it)"))
@@ -134,13 +145,10 @@ def train_job(cfg: TrainConfig) -> Path:
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     set_seed(cfg.seed)
-    name = cfg.name or "llm-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    inference = cfg.inference
-    if inference.max_length == InferenceConfig().max_length and cfg.model.max_length != inference.max_length:
-        inference = dataclasses.replace(inference, max_length=cfg.model.max_length)
-    cfg = dataclasses.replace(cfg, name=name, inference=inference)
+    name = cfg.run_name("llm")
+    cfg = dataclasses.replace(cfg, name=name, inference=aligned_inference(cfg.model, cfg.inference))
     run_dir = Path(cfg.out_dir) / name
-    resuming = _prepare_run_dir(run_dir, cfg)
+    resuming = prepare_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.training.resume)
     main = _is_main()
 
     # 1. data ------------------------------------------------------------------------------------------
@@ -259,13 +267,6 @@ def train_job(cfg: TrainConfig) -> Path:
 
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
 
 def render_train_report(metrics: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """Markdown ``report.md`` of an LLM training run from its ``metrics.json`` content."""
@@ -276,7 +277,7 @@ def render_train_report(metrics: dict[str, Any], plots: Sequence[str] = ()) -> s
     lines = [f"# prefpred LLM run `{m.get('name')}`", "",
              f"Created {m.get('created')} · seed {m.get('seed')} · `{m.get('base_model')}` · head "
              f"`{m.get('head')}` · method `{m.get('method')}` · prompt style `{m.get('style')}` · total time "
-             f"{_fmt(m.get('timing', {}).get('total_s'), 1)} s", "",
+             f"{fmt(m.get('timing', {}).get('total_s'), 1)} s", "",
              f"Data: `{m.get('data_path') or 'hub dataset'}` — {c.get('pairs')} labelled pairs: {c.get('train')} "
              f"training, {c.get('validation')} validation (early stopping, best checkpoint), {c.get('holdout')} "
              "holdout (never trained or early-stopped on)"
@@ -290,12 +291,12 @@ def render_train_report(metrics: dict[str, Any], plots: Sequence[str] = ()) -> s
         for who in ("prior", "model"):
             x = r[who]
             label = f"{'class prior' if who == 'prior' else 'model'}, {part}"
-            lines.append(f"| {label} | {_fmt(x['log_loss'])} | {_fmt(x['accuracy'], 3)} | {_fmt(x['brier'])} | "
-                         f"{_fmt(x['ece'])} | {x['n']} |")
+            lines.append(f"| {label} | {fmt(x['log_loss'])} | {fmt(x['accuracy'], 3)} | {fmt(x['brier'])} | "
+                         f"{fmt(x['ece'])} | {x['n']} |")
     lines += ["", "The holdout number is the honest one: validation pairs chose the best checkpoint.", ""]
     t = m.get("training", {})
     lines += ["## Training", "",
-              f"{t.get('global_step')} optimizer steps; best eval loss {_fmt(t.get('best_eval_loss'))} at step "
+              f"{t.get('global_step')} optimizer steps; best eval loss {fmt(t.get('best_eval_loss'))} at step "
               f"{t.get('best_step')}" + (" (stopped early)" if t.get("stopped_early") else "")
               + (f"; resumed from step {t['resumed_from_step']}" if t.get("resumed_from_step") else "") + ".", ""]
     lines += [f"- {line}" for line in describe(t.get("analysis", {}))]
