@@ -1,0 +1,181 @@
+"""``prefpred leaderboard``: battles in, a leaderboard run directory out.
+
+:func:`leaderboard_job` does, with one seed:
+
+1. read the battles: human votes (``battles``) or pairs judged by a trained run (``run`` + ``data.path``);
+2. check them (:mod:`prefpred.leaderboard.battles`): flag, drop or refuse models with few battles, refuse models
+   that never meet the rest;
+3. fit Bradley-Terry ratings with bootstrap intervals, online Elo and win rates (:mod:`.ratings`) and, when the
+   battles carry text or style columns, style-controlled ratings (:mod:`.style`);
+4. optionally compare with another leaderboard (:mod:`.predicted`);
+5. write the run directory: ``leaderboard.csv``, ``ratings.png``, ``win_matrix.png``, ``config.yaml``,
+   ``metrics.json`` (``kind: leaderboard``) and ``report.md``, atomically (a failure leaves nothing behind).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prefpred.config import RunBase, save_config
+from prefpred.leaderboard import battles as battles_mod
+from prefpred.leaderboard._runs_compat import new_run_dir, write_metrics
+from prefpred.leaderboard.battles import Battles, apply_min_battles, check_connected, read_battles
+from prefpred.leaderboard.plots import plot_ratings, plot_win_matrix
+from prefpred.leaderboard.predicted import compare_leaderboards, predicted_battles, read_leaderboard
+from prefpred.leaderboard.ratings import fit_bt, online_elo, pairwise_win_prob, win_rates
+from prefpred.leaderboard.report import render_leaderboard_report
+from prefpred.leaderboard.style import StyleFit, fit_style
+from prefpred.types import ConfigError, UserError
+from prefpred.utils import atomic_path, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+KIND = "leaderboard"
+STYLE_MODES = ("auto", "on", "off")
+CSV_COLUMNS = ("model", "rating", "ci_low", "ci_high", "rank", "battles", "win_rate")
+ROUNDING = {"rating": 2, "ci_low": 2, "ci_high": 2, "win_rate": 4, "online_elo": 2, "style_rating": 2,
+            "style_ci_low": 2, "style_ci_high": 2}
+
+
+@dataclasses.dataclass
+class LeaderboardConfig(RunBase):
+    """What ``prefpred leaderboard`` needs; saved, resolved, as ``config.yaml`` in the run directory."""
+
+    battles: str | None = None
+    """Votes table or labelled pairs file (human battles). Exclusive with :attr:`run`."""
+    run: str | None = None
+    """A trained run that judges the pairs of ``data.path`` (predicted battles)."""
+    both_bad: str = "tie"
+    """``both_bad`` votes: ``tie`` (half a win each) or ``drop``."""
+    min_battles: int = 50
+    """Models with fewer battles are flagged, and handled by :attr:`rare`."""
+    rare: str = "keep"
+    """Models under :attr:`min_battles`: ``keep`` (flagged), ``drop`` (with their battles) or ``error``."""
+    rounds: int = 100
+    """Bootstrap rounds (0: no intervals)."""
+    confidence: float = 0.95
+    """Two-sided level of the bootstrap intervals."""
+    anchor: str | None = None
+    """Model pinned at :attr:`anchor_rating`; default: the mean rating is :attr:`anchor_rating`."""
+    anchor_rating: float = 1000.0
+    style: str = "auto"
+    """Style control: ``auto`` (when the battles carry text or style columns), ``on`` or ``off``."""
+    elo_k: float = 4.0
+    """K-factor of the online Elo shown for comparison."""
+    compare: str | None = None
+    """Another leaderboard (``leaderboard.csv`` or its run directory) to compare with."""
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.battles is None) == (self.run is None):
+            raise ConfigError("pass exactly one of --battles (human votes) or --run with --data (predicted)")
+        if self.run is not None and not self.data.path:
+            raise ConfigError("--run needs --data: the pairs (with model_a/model_b) the run should judge")
+        for name, value, allowed in (("both_bad", self.both_bad, battles_mod.BOTH_BAD),
+                                     ("rare", self.rare, battles_mod.RARE), ("style", self.style, STYLE_MODES)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.rounds < 0 or self.min_battles < 0:
+            raise ConfigError("rounds and min_battles must be >= 0")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"confidence must be between 0 and 1, got {self.confidence}")
+
+
+def load_battles(cfg: LeaderboardConfig) -> Battles:
+    """The checked battles a config names (human votes or predicted)."""
+    if cfg.battles is not None:
+        battles = read_battles(cfg.battles, both_bad=cfg.both_bad, skip_invalid=cfg.data.skip_invalid)
+    else:
+        battles = predicted_battles(cfg.run, cfg.data.path, skip_invalid=cfg.data.skip_invalid)
+    battles = apply_min_battles(battles, cfg.min_battles, cfg.rare)
+    check_connected(battles)
+    return battles
+
+
+def build_table(battles: Battles, bt: pd.DataFrame, style: StyleFit | None, elo: np.ndarray) -> pd.DataFrame:
+    """One row per model, best first: the CSV columns, then flag, online Elo and the style-controlled columns."""
+    rates = win_rates(battles)
+    table = bt.merge(rates[["model", "battles", "win_rate"]], on="model")
+    table["online_elo"] = elo
+    table["flag"] = [battles.flags.get(m, "") for m in table["model"]]
+    if style is not None:
+        st = style.fit.table().rename(columns={"rating": "style_rating", "ci_low": "style_ci_low",
+                                               "ci_high": "style_ci_high", "rank": "style_rank"})
+        table = table.merge(st, on="model")
+        table["rank_change"] = table["rank"] - table["style_rank"]
+    table = table[[*CSV_COLUMNS, *(c for c in table.columns if c not in CSV_COLUMNS)]]
+    return table.sort_values(["rating", "model"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def _use_style(cfg: LeaderboardConfig, battles: Battles) -> bool:
+    if cfg.style == "on" and not battles.has_style:
+        raise UserError(f"{battles.source}: --style on needs battles with text or style columns "
+                        f"({', '.join(f'{f}_a/{f}_b' for f in battles_mod.STYLE_FEATURES)})")
+    return cfg.style == "on" or (cfg.style == "auto" and battles.has_style)
+
+
+def leaderboard_job(cfg: LeaderboardConfig) -> Path:
+    """Fit the leaderboard of ``cfg`` and write its run directory; returns its path."""
+    t0 = time.perf_counter()
+    name = cfg.run_name("leaderboard")
+    final = Path(cfg.out_dir) / name
+    if final.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{final} exists (use --force or another --name)")
+    other = read_leaderboard(cfg.compare) if cfg.compare else None  # fail on a bad --compare before the work
+    timing: dict[str, float] = {}
+    battles = load_battles(cfg)
+    timing["read_s"] = time.perf_counter() - t0
+    logger.info("%d battles between %d models", len(battles), battles.n_models)
+
+    t = time.perf_counter()
+    fit_args = dict(rounds=cfg.rounds, seed=cfg.seed, anchor=cfg.anchor, anchor_rating=cfg.anchor_rating,
+                    confidence=cfg.confidence)
+    bt = fit_bt(battles, **fit_args)
+    timing["bt_s"] = time.perf_counter() - t
+    style = None
+    if _use_style(cfg, battles):
+        t = time.perf_counter()
+        style = fit_style(battles, **fit_args)
+        timing["style_s"] = time.perf_counter() - t
+    elo = online_elo(battles, k=cfg.elo_k, initial=cfg.anchor_rating)
+    table = build_table(battles, bt.table(), style, elo)
+    comparison = compare_leaderboards(table, other) if other is not None else None
+
+    metrics: dict[str, Any] = {
+        "name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": cfg.seed,
+        "mode": "human" if cfg.battles else "predicted", "source": battles.source, "run": cfg.run,
+        "n_battles": len(battles), "n_models": battles.n_models, "dropped": battles.dropped,
+        "flags": battles.flags, "both_bad": cfg.both_bad, "rounds": cfg.rounds, "confidence": cfg.confidence,
+        "anchor": cfg.anchor or "mean", "anchor_rating": cfg.anchor_rating,
+        "outcomes": {k: float(v) for k, v in zip(("a", "b", "tie"), battles.outcome.sum(axis=0), strict=True)},
+        "top": table.head(10)[["model", "rating", "ci_low", "ci_high", "rank"]].to_dict(orient="records"),
+        "ratings": dict(zip(table["model"], table["rating"], strict=True)),
+        "style": None if style is None else {"features": style.coefficients(),
+                                             "ratings": dict(zip(table["model"], table["style_rating"],
+                                                                 strict=True))},
+        "compare": None if comparison is None else {"with": cfg.compare, **comparison},
+    }
+    with new_run_dir(cfg.out_dir, name, force=cfg.overwrite) as work:
+        with atomic_path(work / "leaderboard.csv") as tmp:
+            table.round(ROUNDING).to_csv(tmp, index=False)
+        plots = [plot_ratings(table, work / "ratings.png", title=f"Leaderboard ({len(battles):,} battles)",
+                              other=None if style is None else table[["model", "style_rating", "style_ci_low",
+                                                                      "style_ci_high"]].set_axis(
+                                  ["model", "rating", "ci_low", "ci_high"], axis=1)).name,
+                 plot_win_matrix(list(table["model"]), pairwise_win_prob(table["rating"].to_numpy()),
+                                 work / "win_matrix.png", title="Predicted win rate (Bradley-Terry)").name]
+        save_config(cfg, work / "config.yaml")
+        timing["total_s"] = time.perf_counter() - t0
+        metrics["timing"] = timing
+        write_metrics(work, metrics, kind=KIND)
+        atomic_write_text(work / "report.md", render_leaderboard_report(metrics, table, plots))
+    logger.info("leaderboard written to %s (%.1f s)", final, timing["total_s"])
+    return final
