@@ -70,12 +70,19 @@ def bt_log_strengths(wins: np.ndarray, met: np.ndarray | None = None, prior_ties
                                    index=pd.RangeIndex(n), weights=w[rows, cols].tolist(), tolerance=_TOLERANCE,
                                    limit=_LIMIT)
     scores = result.scores.reindex(pd.RangeIndex(n)).to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(scores) & (scores > 0)):
-        raise UserError("the Bradley-Terry fit did not converge (a model without battles?)")
-    if result.iterations >= _LIMIT:
-        logger.warning("Bradley-Terry fit stopped after %d iterations without converging", result.iterations)
+    if not (np.all(np.isfinite(scores) & (scores > 0)) and _is_mle(w, scores)):
+        raise UserError(f"the Bradley-Terry fit did not converge after {result.iterations} iterations "
+                        "(a model that never won or never lost?)")
     log_s = np.log(scores)
     return log_s - log_s.mean()
+
+
+def _is_mle(wins: np.ndarray, scores: np.ndarray, rtol: float = 1e-4) -> bool:
+    """Whether each model's expected wins under ``scores`` match its observed wins (the MLE condition)."""
+    games = wins + wins.T
+    expected = (games * (scores[:, None] / (scores[:, None] + scores[None, :]))).sum(axis=1)
+    observed = wins.sum(axis=1)
+    return bool(np.all(np.abs(expected - observed) <= rtol * np.maximum(games.sum(axis=1), 1.0)))
 
 
 def to_elo(log_strengths: np.ndarray, *, anchor: int | None = None, anchor_rating: float = 1000.0) -> np.ndarray:
