@@ -49,6 +49,7 @@ from prefpred.config import RunBase, save_config
 from prefpred.inference.config import InferenceConfig
 from prefpred.models.cpu import CPUModelConfig
 from prefpred.report import fmt, plots_section
+from prefpred.runs import mark_complete, write_metrics
 from prefpred.splits import GROUP_BY_CHOICES, SplitConfig
 from prefpred.training.config import LLMModelConfig, TrainingConfig
 from prefpred.training.job import aligned_inference, prepare_run_dir
@@ -459,13 +460,14 @@ def run_experiment(cfg: ExperimentConfig) -> Path:
         "timing": timing,
     }
     metrics = json_safe(metrics)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_metrics(run_dir, metrics, kind="experiment")
     plots = sorted(p.name for p in run_dir.glob("*.png"))
     atomic_write_text(run_dir / "report.md", render_experiment_report(metrics, plots))
     if not cfg.keep_checkpoints:
         from prefpred.training.trainer import CHECKPOINT_DIR
 
         shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    mark_complete(run_dir)
     logger.info("experiment written to %s (%.1f s)", run_dir, timing["total_s"])
     return run_dir
 

@@ -17,17 +17,14 @@ Extra pairs (``DataConfig.extra_path``) are only ever added to training parts. E
 prompt is also the prompt of a validation or holdout row are left out of that training part, so
 teacher-labelled copies of evaluation prompts cannot leak.
 
-The run directory is assembled in a temporary folder beside it and renamed into place at the end, so a
-failed run leaves no half-written directory.
+The run directory is assembled by :func:`prefpred.runs.new_run_dir`: in a temporary folder beside it, moved
+into place atomically and marked complete at the end, so a failed or killed run never replaces a complete one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -47,14 +44,14 @@ from prefpred.metrics import (
     swap_consistency,
 )
 from prefpred.models.cpu import CPUModelConfig, CPUPreferenceModel
+from prefpred.runs import CALIBRATION_FILE, check_run_target, load_predictor, new_run_dir, write_metrics
 from prefpred.splits import SplitConfig, holdout_mask, iter_folds, make_splits, normalize_prompt, save_splits
 from prefpred.submission import read_predictions, write_predictions
 from prefpred.types import ConfigError, DataError, Pair, label_matrix
-from prefpred.utils import atomic_write_text, json_safe, set_seed
+from prefpred.utils import json_safe, set_seed
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_FILE = "calibration.json"
 TOP_FEATURES = 20
 
 
@@ -127,9 +124,7 @@ def run_job(cfg: RunConfig) -> Path:
     set_seed(cfg.seed, with_torch=None)  # torch only if embeddings already imported it
     name = cfg.run_name("run")
     cfg = dataclasses.replace(cfg, name=name)
-    run_dir = Path(cfg.out_dir) / name
-    if run_dir.exists() and not cfg.overwrite and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise FileExistsError(f"{run_dir} exists (use --force or another --name)")
+    run_dir = check_run_target(Path(cfg.out_dir) / name, force=cfg.overwrite)
 
     # 1. data ------------------------------------------------------------------------------------------
     from prefpred.data import load_data, load_extra, pairs_summary
@@ -158,10 +153,7 @@ def run_job(cfg: RunConfig) -> Path:
     def extra_for(excluded: set[str]) -> list[Pair]:
         return [e for e, k in zip(extra, extra_keys, strict=True) if k not in excluded]
 
-    tmp_root = Path(cfg.out_dir)
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=tmp_root))
-    try:
+    with new_run_dir(cfg.out_dir, name, force=cfg.overwrite) as work:
         save_config(cfg, work / "config.yaml")
         save_splits(splits, work / "splits.csv")
 
@@ -302,16 +294,8 @@ def run_job(cfg: RunConfig) -> Path:
                            title=f"Out-of-fold confusion (n={int(cv_mask.sum())})")
         timing["total_s"] = time.perf_counter() - t_start
         metrics["timing"] = timing
-        atomic_write_text(work / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
+        write_metrics(work, metrics, kind="cpu")
         build_report(work)
-
-        # 9. move into place ---------------------------------------------------------------------------
-        if run_dir.exists():
-            shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
-        work.rename(run_dir)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     logger.info("run written to %s (%.1f s)", run_dir, timing["total_s"])
     return run_dir
 
@@ -319,18 +303,7 @@ def run_job(cfg: RunConfig) -> Path:
 # ---------------------------------------------------------------------------------------------- reuse
 def predict_run(run_dir: str | Path, pairs: Sequence[Pair], calibrated: bool = True) -> np.ndarray:
     """``n x 3`` predictions of a run's final model (calibrated when the run fitted a calibrator)."""
-    from prefpred.models.base import load_model
-
-    run_dir = Path(run_dir)
-    model_dir = run_dir / "model"
-    if not model_dir.is_dir():
-        raise FileNotFoundError(2, "No such file or directory (not a prefpred run directory?)", str(model_dir))
-    model = load_model(model_dir)
-    proba = np.asarray(model.predict_proba(list(pairs)), dtype=np.float64)
-    cal_path = run_dir / CALIBRATION_FILE
-    if calibrated and cal_path.is_file():
-        proba = Calibrator.load(cal_path).transform(proba)
-    return proba
+    return load_predictor(run_dir, calibrated=calibrated).predict_proba(pairs)
 
 
 def align_predictions(pred_path: str | Path, pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Small shared helpers: seeding every RNG, atomic file writes, logging set-up."""
+"""Small shared helpers: seeding every RNG, atomic file writes that follow the umask, logging set-up."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def set_seed(seed: int, *, with_torch: bool | None = True) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as the user's umask lets a newly created file (0o666) or folder (0o777) have it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, force: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
@@ -54,6 +61,7 @@ def atomic_path(path: str | Path, *, force: bool = True) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, umask_mode(0o666))  # mkstemp makes 0600; outputs follow the umask like any file
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -123,15 +123,14 @@ def predict_cmd(
 ) -> None:
     """Write a Kaggle submission (id,winner_model_a,winner_model_b,winner_tie) from a run's model."""
     from prefpred.data import load_pairs
-    from prefpred.pipeline import predict_run
+    from prefpred.runs import load_predictor
     from prefpred.submission import write_submission
 
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists (use --force to overwrite)")
-    if not (run / "model").is_dir():
-        raise FileNotFoundError(2, "No such file or directory (not a prefpred run directory?)", str(run / "model"))
+    predictor = load_predictor(run, calibrated=not raw)  # refuses incomplete or damaged runs in one line
     pairs = load_pairs(data, skip_invalid=skip_invalid)
-    proba = predict_run(run, pairs, calibrated=not raw)
+    proba = predictor.predict_proba(pairs)
     write_submission([p.id for p in pairs], proba, out, force=force)
     console.print(f"{len(pairs)} predictions -> {out}")
 

@@ -21,7 +21,6 @@ process trains and scores, and only the main process writes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import time
@@ -35,10 +34,11 @@ import numpy as np
 from prefpred.config import RunBase, save_config
 from prefpred.inference import InferenceConfig
 from prefpred.report import fmt, plots_section
+from prefpred.runs import is_complete, mark_complete, write_metrics
 from prefpred.splits import HOLDOUT_FOLD, SplitConfig
 from prefpred.training.config import LLMModelConfig, TrainingConfig
 from prefpred.types import ConfigError, DataError, Pair
-from prefpred.utils import atomic_write_text, json_safe
+from prefpred.utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> bool:
         return False
     if not run_dir.is_dir():
         raise FileExistsError(f"{run_dir} exists and is not a directory")
-    finished = (run_dir / "metrics.json").is_file()
+    finished = is_complete(run_dir) or (run_dir / "metrics.json").is_file()
     resumable = last_checkpoint(run_dir / CHECKPOINT_DIR) is not None
     if overwrite:
         _barrier()
@@ -254,13 +254,14 @@ def train_job(cfg: TrainConfig) -> Path:
         },
         "timing": timing,
     }
-    atomic_write_text(run_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2) + "\n")
+    write_metrics(run_dir, metrics, kind="llm")
     plots = sorted(p.name for p in run_dir.glob("*.png"))
     atomic_write_text(run_dir / "report.md", render_train_report(metrics, plots))
     if not cfg.keep_checkpoints:
         from prefpred.training.trainer import CHECKPOINT_DIR
 
         shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    mark_complete(run_dir)
     logger.info("run written to %s (%.1f s)", run_dir, timing["total_s"])
     return run_dir
 
