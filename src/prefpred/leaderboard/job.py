@@ -26,13 +26,13 @@ import pandas as pd
 
 from prefpred.config import RunBase, save_config
 from prefpred.leaderboard import battles as battles_mod
-from prefpred.leaderboard._runs_compat import new_run_dir, write_metrics
 from prefpred.leaderboard.battles import Battles, apply_min_battles, check_connected, read_battles
 from prefpred.leaderboard.plots import plot_ratings, plot_win_matrix
 from prefpred.leaderboard.predicted import compare_leaderboards, predicted_battles, read_leaderboard
 from prefpred.leaderboard.ratings import fit_bt, online_elo, pairwise_win_prob, win_rates
 from prefpred.leaderboard.report import render_leaderboard_report
 from prefpred.leaderboard.style import StyleFit, fit_style
+from prefpred.runs import check_run_target, new_run_dir, write_metrics
 from prefpred.types import ConfigError, UserError
 from prefpred.utils import atomic_path, atomic_write_text
 
@@ -126,9 +126,7 @@ def leaderboard_job(cfg: LeaderboardConfig) -> Path:
     """Fit the leaderboard of ``cfg`` and write its run directory; returns its path."""
     t0 = time.perf_counter()
     name = cfg.run_name("leaderboard")
-    final = Path(cfg.out_dir) / name
-    if final.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{final} exists (use --force or another --name)")
+    final = check_run_target(Path(cfg.out_dir) / name, force=cfg.overwrite)  # refuse before the work
     other = read_leaderboard(cfg.compare) if cfg.compare else None  # fail on a bad --compare before the work
     timing: dict[str, float] = {}
     battles = load_battles(cfg)

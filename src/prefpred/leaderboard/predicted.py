@@ -32,7 +32,7 @@ LEADERBOARD_FILE = "leaderboard.csv"
 
 def predict_pairs(run_dir: str | Path, pairs: list) -> np.ndarray:
     """``n x 3`` probabilities (a, b, tie) of a trained run for ``pairs``."""
-    from prefpred.leaderboard._runs_compat import load_predictor
+    from prefpred.runs import load_predictor
 
     return np.asarray(load_predictor(run_dir).predict_proba(pairs), dtype=np.float64)
 
@@ -60,6 +60,12 @@ def read_leaderboard(path: str | Path) -> pd.DataFrame:
     """A ``leaderboard.csv`` (or the run directory holding one) with at least ``model`` and ``rating``."""
     path = Path(path)
     if path.is_dir():
+        from prefpred.runs import RunError, read_run
+
+        info = read_run(path)  # refuses incomplete or damaged runs in one line
+        if info.kind != "leaderboard":
+            raise RunError(f"{path}: a {info.kind!r} run, not a leaderboard run (pass a leaderboard.csv or a "
+                           "leaderboard run directory)")
         path = path / LEADERBOARD_FILE
     if not path.is_file():
         raise DataError("no such leaderboard file (pass a leaderboard.csv or a leaderboard run directory)",
