@@ -216,7 +216,7 @@ def test_votes_reader_outcomes_and_both_bad(tmp_path):
     ("id,model_a,model_b,winner\n1,x,y,model_a\n2,x,y,left\n", r"v\.csv, row 2, column 'winner': unknown winner 'left'"),
     ("id,model_a,model_b,winner\n1,x,y,model_a\n2,x,x,tie\n", r"row 2, column 'model_b': self-battle: 'x'"),
     ("id,model_a,model_b,winner\n1,,y,model_a\n", r"row 1, column 'model_a': empty model name"),
-    ("id,model_b,winner\n1,y,model_a\n", r"column 'model_a': no model_a column"),
+    ("id,model_b,winner\n1,y,model_a\n", r"column 'model_a': missing column\(s\) model_a:"),
     ("id,model_a,model_b\n1,x,y\n", r"column 'winner': no outcome column"),
     ("id,model_a,model_b,winner\n", r"header but no rows"),
 ])

@@ -241,7 +241,7 @@ def read_votes(path: str | Path, *, both_bad: str = "tie", skip_invalid: bool = 
     df = _read_table(path)
     missing = [c for c in ("model_a", "model_b") if c not in df.columns]
     if missing:
-        raise DataError(f"no {' or '.join(missing)} column: a battles file needs the names of both models "
+        raise DataError(f"missing column(s) {', '.join(missing)}: a battles file needs the names of both models "
                         f"(found: {', '.join(df.columns)})", path=where, column=missing[0])
     drops = _Drops(len(df), skip_invalid)
     names_a = df["model_a"].astype(str).str.strip().to_numpy(dtype=object)

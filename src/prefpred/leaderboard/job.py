@@ -130,6 +130,7 @@ def leaderboard_job(cfg: LeaderboardConfig) -> Path:
     other = read_leaderboard(cfg.compare) if cfg.compare else None  # fail on a bad --compare before the work
     timing: dict[str, float] = {}
     battles = load_battles(cfg)
+    use_style = _use_style(cfg, battles)
     timing["read_s"] = time.perf_counter() - t0
     logger.info("%d battles between %d models", len(battles), battles.n_models)
 
@@ -139,11 +140,13 @@ def leaderboard_job(cfg: LeaderboardConfig) -> Path:
     bt = fit_bt(battles, **fit_args)
     timing["bt_s"] = time.perf_counter() - t
     style = None
-    if _use_style(cfg, battles):
+    if use_style:
         t = time.perf_counter()
         style = fit_style(battles, **fit_args)
         timing["style_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     elo = online_elo(battles, k=cfg.elo_k, initial=cfg.anchor_rating)
+    timing["online_elo_s"] = time.perf_counter() - t
     table = build_table(battles, bt.table(), style, elo)
     comparison = compare_leaderboards(table, other) if other is not None else None
 
@@ -161,6 +164,7 @@ def leaderboard_job(cfg: LeaderboardConfig) -> Path:
                                                                  strict=True))},
         "compare": None if comparison is None else {"with": cfg.compare, **comparison},
     }
+    t = time.perf_counter()
     with new_run_dir(cfg.out_dir, name, force=cfg.overwrite) as work:
         with atomic_path(work / "leaderboard.csv") as tmp:
             table.round(ROUNDING).to_csv(tmp, index=False)
@@ -171,6 +175,7 @@ def leaderboard_job(cfg: LeaderboardConfig) -> Path:
                  plot_win_matrix(list(table["model"]), pairwise_win_prob(table["rating"].to_numpy()),
                                  work / "win_matrix.png", title="Predicted win rate (Bradley-Terry)").name]
         save_config(cfg, work / "config.yaml")
+        timing["write_s"] = time.perf_counter() - t
         timing["total_s"] = time.perf_counter() - t0
         metrics["timing"] = timing
         write_metrics(work, metrics, kind=KIND)
