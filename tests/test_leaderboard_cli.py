@@ -62,7 +62,7 @@ def test_votes_leaderboard_run_directory(tmp_path):
     _ok(_lb(tmp_path, "--battles", str(votes), "--name", "h", "--rounds", "20", "--seed", "3",
             "--min-battles", "10"))
     run = tmp_path / "runs" / "h"
-    for name in ("leaderboard.csv", "ratings.png", "win_matrix.png", "config.yaml", "metrics.json", "report.md",
+    for name in ("leaderboard.csv", "pairwise.csv", "ratings.png", "win_matrix.png", "config.yaml", "metrics.json", "report.md",
                  ".prefpred-complete"):
         assert (run / name).is_file(), name
     table = pd.read_csv(run / "leaderboard.csv", keep_default_na=False)
@@ -77,6 +77,11 @@ def test_votes_leaderboard_run_directory(tmp_path):
     length = next(f for f in metrics["style"]["features"] if f["feature"] == "length")
     assert length["coef"] > 0.1 and length["ci_low"] > 0  # the planted length bonus
     assert metrics["style"]["features"][1]["feature"] == "lists"
+    pairwise = pd.read_csv(run / "pairwise.csv").set_index(["model", "opponent"])
+    assert len(pairwise) == 4 * 3 and pairwise["battles"].sum() == 2 * 1500
+    ab, ba = pairwise.loc[("alpha", "delta")], pairwise.loc[("delta", "alpha")]
+    assert ab["win_rate"] + ba["win_rate"] == pytest.approx(1) and ab["predicted"] > 0.5 > ba["predicted"]
+    assert metrics["pairwise_fit"]["weighted_mean_abs_gap"] < 0.05  # planted data follow BT
     report = (run / "report.md").read_text()
     assert "## Ranking" in report and "## Style control" in report and "![ratings.png](ratings.png)" in report
 

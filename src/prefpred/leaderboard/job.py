@@ -8,7 +8,8 @@
 3. fit Bradley-Terry ratings with bootstrap intervals, online Elo and win rates (:mod:`.ratings`) and, when the
    battles carry text or style columns, style-controlled ratings (:mod:`.style`);
 4. optionally compare with another leaderboard (:mod:`.predicted`);
-5. write the run directory: ``leaderboard.csv``, ``ratings.png``, ``win_matrix.png``, ``config.yaml``,
+5. write the run directory: ``leaderboard.csv``, ``pairwise.csv`` (observed vs predicted win rate of every
+   pair of models that met), ``ratings.png``, ``win_matrix.png``, ``config.yaml``,
    ``metrics.json`` (``kind: leaderboard``) and ``report.md``, atomically (a failure leaves nothing behind).
 """
 
@@ -29,7 +30,7 @@ from prefpred.leaderboard import battles as battles_mod
 from prefpred.leaderboard.battles import Battles, apply_min_battles, check_connected, read_battles
 from prefpred.leaderboard.plots import plot_ratings, plot_win_matrix
 from prefpred.leaderboard.predicted import compare_leaderboards, predicted_battles, read_leaderboard
-from prefpred.leaderboard.ratings import fit_bt, online_elo, pairwise_win_prob, win_rates
+from prefpred.leaderboard.ratings import fit_bt, online_elo, pairwise_table, pairwise_win_prob, win_rates
 from prefpred.leaderboard.report import render_leaderboard_report
 from prefpred.leaderboard.style import StyleFit, fit_style
 from prefpred.runs import check_run_target, new_run_dir, write_metrics
@@ -115,6 +116,12 @@ def build_table(battles: Battles, bt: pd.DataFrame, style: StyleFit | None, elo:
     return table.sort_values(["rating", "model"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
+def _style_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The style-controlled columns of a leaderboard table under the plain column names."""
+    return table[["model", "style_rating", "style_ci_low", "style_ci_high"]].set_axis(
+        ["model", "rating", "ci_low", "ci_high"], axis=1)
+
+
 def _use_style(cfg: LeaderboardConfig, battles: Battles) -> bool:
     if cfg.style == "on" and not battles.has_style:
         raise UserError(f"{battles.source}: --style on needs battles with text or style columns "
@@ -149,6 +156,9 @@ def leaderboard_job(cfg: LeaderboardConfig) -> Path:
     timing["online_elo_s"] = time.perf_counter() - t
     table = build_table(battles, bt.table(), style, elo)
     comparison = compare_leaderboards(table, other) if other is not None else None
+    pairwise = pairwise_table(battles, bt.rating)
+    gap = np.abs(pairwise["win_rate"] - pairwise["predicted"]).to_numpy()
+    many = pairwise["battles"].to_numpy() >= 100
 
     metrics: dict[str, Any] = {
         "name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": cfg.seed,
@@ -163,16 +173,20 @@ def leaderboard_job(cfg: LeaderboardConfig) -> Path:
                                              "ratings": dict(zip(table["model"], table["style_rating"],
                                                                  strict=True))},
         "compare": None if comparison is None else {"with": cfg.compare, **comparison},
+        "pairwise_fit": {"pairs": len(pairwise) // 2,
+                         "weighted_mean_abs_gap": float(np.average(gap, weights=pairwise["battles"])),
+                         "max_abs_gap_100_battles": float(np.max(gap[many], initial=0.0))},
     }
     t = time.perf_counter()
     with new_run_dir(cfg.out_dir, name, force=cfg.overwrite) as work:
         with atomic_path(work / "leaderboard.csv") as tmp:
             table.round(ROUNDING).to_csv(tmp, index=False)
+        order = [battles.models.index(m) for m in table["model"]]
+        with atomic_path(work / "pairwise.csv") as tmp:
+            pairwise.round(4).to_csv(tmp, index=False)
         plots = [plot_ratings(table, work / "ratings.png", title=f"Leaderboard ({len(battles):,} battles)",
-                              other=None if style is None else table[["model", "style_rating", "style_ci_low",
-                                                                      "style_ci_high"]].set_axis(
-                                  ["model", "rating", "ci_low", "ci_high"], axis=1)).name,
-                 plot_win_matrix(list(table["model"]), pairwise_win_prob(table["rating"].to_numpy()),
+                              other=_style_view(table) if style is not None else None).name,
+                 plot_win_matrix(list(table["model"]), pairwise_win_prob(bt.rating[order]),
                                  work / "win_matrix.png", title="Predicted win rate (Bradley-Terry)").name]
         save_config(cfg, work / "config.yaml")
         timing["write_s"] = time.perf_counter() - t

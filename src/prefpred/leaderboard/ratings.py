@@ -191,3 +191,21 @@ def pairwise_win_prob(ratings: np.ndarray) -> np.ndarray:
     """``P[i, j]`` = BT probability that model ``i`` beats model ``j`` (ties as half) given Elo ratings."""
     strengths = np.power(ELO_BASE, (np.asarray(ratings) - np.max(ratings)) / ELO_SCALE)
     return evalica.pairwise_scores(strengths)
+
+
+def pairwise_table(battles: Battles, ratings: np.ndarray) -> pd.DataFrame:
+    """Per ordered pair of models that met: battles, observed win rate (ties half) and the BT prediction."""
+    n = battles.n_models
+    wa, wb = battles.win_weights()
+    wins = win_matrix(battles.a, battles.b, wa, wb, n)
+    games = wins + wins.T
+    prob = pairwise_win_prob(ratings)
+    rows, cols = np.nonzero(games > 0)
+    keep = rows != cols
+    rows, cols = rows[keep], cols[keep]
+    count = np.zeros((n, n))
+    np.add.at(count, (battles.a, battles.b), 1)
+    count = count + count.T
+    return pd.DataFrame({"model": [battles.models[i] for i in rows], "opponent": [battles.models[j] for j in cols],
+                         "battles": count[rows, cols].astype(int), "win_rate": wins[rows, cols] / games[rows, cols],
+                         "predicted": prob[rows, cols]})

@@ -75,6 +75,12 @@ def render_leaderboard_report(metrics: Mapping[str, Any], table: pd.DataFrame, p
     if m["flags"]:
         lines += [f"Flagged: {len(m['flags'])} model(s) (see the flag column): too few battles for a reliable rating or interval.", ""]
     lines += ["## Ranking", "", *_ranking(table)]
+    fit = m.get("pairwise_fit") or {}
+    if fit:
+        lines += [f"How well one strength per model explains the {fit['pairs']:,} pairs of models that met "
+                  f"(`pairwise.csv`): battle-weighted mean |observed − predicted win rate| "
+                  f"{fit['weighted_mean_abs_gap']:.3f}; largest gap over pairs with ≥ 100 battles "
+                  f"{fit['max_abs_gap_100_battles']:.3f}.", ""]
     if m.get("style"):
         lines += _style(m, table)
     if m.get("compare"):
