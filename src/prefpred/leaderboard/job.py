@@ -98,6 +98,7 @@ def load_battles(cfg: LeaderboardConfig) -> Battles:
         battles = predicted_battles(cfg.run, cfg.data.path, skip_invalid=cfg.data.skip_invalid)
     battles = apply_min_battles(battles, cfg.min_battles, cfg.rare)
     check_connected(battles)
+    _use_style(cfg, battles)  # --style on without text or style columns fails here, before any fit
     return battles
 
 
@@ -129,21 +130,27 @@ def _use_style(cfg: LeaderboardConfig, battles: Battles) -> bool:
     return cfg.style == "on" or (cfg.style == "auto" and battles.has_style)
 
 
-def leaderboard_job(cfg: LeaderboardConfig) -> Path:
-    """Fit the leaderboard of ``cfg`` and write its run directory; returns its path."""
-    t0 = time.perf_counter()
-    name = cfg.run_name("leaderboard")
-    final = check_run_target(Path(cfg.out_dir) / name, force=cfg.overwrite)  # refuse before the work
-    other = read_leaderboard(cfg.compare) if cfg.compare else None  # fail on a bad --compare before the work
-    timing: dict[str, float] = {}
-    battles = load_battles(cfg)
-    use_style = _use_style(cfg, battles)
-    timing["read_s"] = time.perf_counter() - t0
-    logger.info("%d battles between %d models", len(battles), battles.n_models)
+@dataclasses.dataclass
+class Leaderboard:
+    """Everything a leaderboard run reports: the table (best first), the fits and the optional comparison."""
 
-    t = time.perf_counter()
+    battles: Battles
+    table: pd.DataFrame
+    ratings: np.ndarray
+    """Bradley-Terry ratings in the order of ``battles.models``."""
+    style: StyleFit | None
+    pairwise: pd.DataFrame
+    comparison: dict[str, Any] | None
+    timing: dict[str, float]
+
+
+def compute_leaderboard(cfg: LeaderboardConfig, battles: Battles, other: pd.DataFrame | None = None) -> Leaderboard:
+    """Fit the ratings (BT, style control when wanted, online Elo) and compare with ``other`` when given."""
+    use_style = _use_style(cfg, battles)
+    timing: dict[str, float] = {}
     fit_args = dict(rounds=cfg.rounds, seed=cfg.seed, anchor=cfg.anchor, anchor_rating=cfg.anchor_rating,
                     confidence=cfg.confidence)
+    t = time.perf_counter()
     bt = fit_bt(battles, **fit_args)
     timing["bt_s"] = time.perf_counter() - t
     style = None
@@ -155,12 +162,15 @@ def leaderboard_job(cfg: LeaderboardConfig) -> Path:
     elo = online_elo(battles, k=cfg.elo_k, initial=cfg.anchor_rating)
     timing["online_elo_s"] = time.perf_counter() - t
     table = build_table(battles, bt.table(), style, elo)
-    comparison = compare_leaderboards(table, other) if other is not None else None
-    pairwise = pairwise_table(battles, bt.rating)
+    comparison = None if other is None else {"with": cfg.compare, **compare_leaderboards(table, other)}
+    return Leaderboard(battles, table, bt.rating, style, pairwise_table(battles, bt.rating), comparison, timing)
+
+
+def _metrics(cfg: LeaderboardConfig, name: str, lb: Leaderboard) -> dict[str, Any]:
+    battles, table, pairwise = lb.battles, lb.table, lb.pairwise
     gap = np.abs(pairwise["win_rate"] - pairwise["predicted"]).to_numpy()
     many = pairwise["battles"].to_numpy() >= 100
-
-    metrics: dict[str, Any] = {
+    return {
         "name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seed": cfg.seed,
         "mode": "human" if cfg.battles else "predicted", "source": battles.source, "run": cfg.run,
         "n_battles": len(battles), "n_models": battles.n_models, "dropped": battles.dropped,
@@ -169,30 +179,48 @@ def leaderboard_job(cfg: LeaderboardConfig) -> Path:
         "outcomes": {k: float(v) for k, v in zip(("a", "b", "tie"), battles.outcome.sum(axis=0), strict=True)},
         "top": table.head(10)[["model", "rating", "ci_low", "ci_high", "rank"]].to_dict(orient="records"),
         "ratings": dict(zip(table["model"], table["rating"], strict=True)),
-        "style": None if style is None else {"features": style.coefficients(),
-                                             "ratings": dict(zip(table["model"], table["style_rating"],
-                                                                 strict=True))},
-        "compare": None if comparison is None else {"with": cfg.compare, **comparison},
+        "style": None if lb.style is None else {
+            "features": lb.style.coefficients(),
+            "ratings": dict(zip(table["model"], table["style_rating"], strict=True))},
+        "compare": lb.comparison,
         "pairwise_fit": {"pairs": len(pairwise) // 2,
                          "weighted_mean_abs_gap": float(np.average(gap, weights=pairwise["battles"])),
                          "max_abs_gap_100_battles": float(np.max(gap[many], initial=0.0))},
     }
+
+
+def _write_artifacts(work: Path, lb: Leaderboard) -> list[str]:
+    """``leaderboard.csv``, ``pairwise.csv`` and the two PNGs; returns the PNG names."""
+    table = lb.table
+    with atomic_path(work / "leaderboard.csv") as tmp:
+        table.round(ROUNDING).to_csv(tmp, index=False)
+    with atomic_path(work / "pairwise.csv") as tmp:
+        lb.pairwise.round(4).to_csv(tmp, index=False)
+    order = [lb.battles.models.index(m) for m in table["model"]]
+    return [plot_ratings(table, work / "ratings.png", title=f"Leaderboard ({len(lb.battles):,} battles)",
+                         other=_style_view(table) if lb.style is not None else None).name,
+            plot_win_matrix(list(table["model"]), pairwise_win_prob(lb.ratings[order]), work / "win_matrix.png",
+                            title="Predicted win rate (Bradley-Terry)").name]
+
+
+def leaderboard_job(cfg: LeaderboardConfig) -> Path:
+    """Fit the leaderboard of ``cfg`` and write its run directory; returns its path."""
+    t0 = time.perf_counter()
+    name = cfg.run_name("leaderboard")
+    final = check_run_target(Path(cfg.out_dir) / name, force=cfg.overwrite)  # refuse before the work
+    other = read_leaderboard(cfg.compare) if cfg.compare else None  # a bad --compare fails before the work too
+    battles = load_battles(cfg)
+    read_s = time.perf_counter() - t0
+    logger.info("%d battles between %d models", len(battles), battles.n_models)
+    lb = compute_leaderboard(cfg, battles, other)
+    metrics = _metrics(cfg, name, lb)
     t = time.perf_counter()
     with new_run_dir(cfg.out_dir, name, force=cfg.overwrite) as work:
-        with atomic_path(work / "leaderboard.csv") as tmp:
-            table.round(ROUNDING).to_csv(tmp, index=False)
-        order = [battles.models.index(m) for m in table["model"]]
-        with atomic_path(work / "pairwise.csv") as tmp:
-            pairwise.round(4).to_csv(tmp, index=False)
-        plots = [plot_ratings(table, work / "ratings.png", title=f"Leaderboard ({len(battles):,} battles)",
-                              other=_style_view(table) if style is not None else None).name,
-                 plot_win_matrix(list(table["model"]), pairwise_win_prob(bt.rating[order]),
-                                 work / "win_matrix.png", title="Predicted win rate (Bradley-Terry)").name]
+        plots = _write_artifacts(work, lb)
         save_config(cfg, work / "config.yaml")
-        timing["write_s"] = time.perf_counter() - t
-        timing["total_s"] = time.perf_counter() - t0
-        metrics["timing"] = timing
+        metrics["timing"] = {"read_s": read_s, **lb.timing, "write_s": time.perf_counter() - t,
+                             "total_s": time.perf_counter() - t0}
         write_metrics(work, metrics, kind=KIND)
-        atomic_write_text(work / "report.md", render_leaderboard_report(metrics, table, plots))
-    logger.info("leaderboard written to %s (%.1f s)", final, timing["total_s"])
+        atomic_write_text(work / "report.md", render_leaderboard_report(metrics, lb.table, plots))
+    logger.info("leaderboard written to %s (%.1f s)", final, metrics["timing"]["total_s"])
     return final
