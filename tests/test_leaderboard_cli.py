@@ -188,3 +188,18 @@ def test_input_checks_one_line_exit_2(tmp_path, case, needles):
     if case not in {"run without data", "both sources", "bad choice", "style on without text"}:
         assert str(p) in line
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-written
+
+
+def test_help_and_yaml_config(tmp_path):
+    result = runner.invoke(app, ["leaderboard", "--help"])
+    _ok(result)
+    assert "--battles" in result.output and "--compare" in result.output
+    votes = _votes(tmp_path / "votes.csv", n=300, style=False)
+    yml = tmp_path / "lb.yaml"
+    yml.write_text("rounds: 4\nmin_battles: 10\nanchor: bravo\n")
+    _ok(_lb(tmp_path, "--battles", str(votes), "--name", "y", "--config", str(yml), "--anchor-rating", "1200"))
+    metrics = json.loads((tmp_path / "runs" / "y" / "metrics.json").read_text())
+    assert metrics["rounds"] == 4 and metrics["ratings"]["bravo"] == pytest.approx(1200)  # flag beats YAML
+    assert metrics["style"] is None  # no text, no style columns
+    yml.write_text("rounds: 4\nbogus: 1\n")
+    _one_line_error(_lb(tmp_path, "--battles", str(votes), "--config", str(yml)), "bogus")

@@ -14,6 +14,12 @@ import pandas as pd
 from prefpred.plots import _save, plt
 
 
+def _xerr(t: pd.DataFrame) -> list[np.ndarray]:
+    """Error-bar lengths; clipped at 0 (a percentile interval need not contain the point, e.g. an anchor)."""
+    return [np.clip(t["rating"] - t["ci_low"], 0, None).to_numpy(), np.clip(t["ci_high"] - t["rating"], 0,
+                                                                            None).to_numpy()]
+
+
 def plot_ratings(table: pd.DataFrame, path: str | Path, *, title: str, other: pd.DataFrame | None = None,
                  other_label: str = "style-controlled", label: str = "Bradley-Terry") -> Path:
     """Horizontal bars of each model's rating and interval, best at the top; ``other`` overlays a second fit."""
@@ -22,11 +28,11 @@ def plot_ratings(table: pd.DataFrame, path: str | Path, *, title: str, other: pd
     fig, ax = plt.subplots(figsize=(8.5, max(3.0, 0.24 * n + 1.2)))
     y = np.arange(n)
     shift = 0.18 if other is not None else 0.0
-    ax.errorbar(t["rating"], y + shift, xerr=[t["rating"] - t["ci_low"], t["ci_high"] - t["rating"]], fmt="o",
+    ax.errorbar(t["rating"], y + shift, xerr=_xerr(t), fmt="o",
                 color="#4c72b0", ecolor="#4c72b0", capsize=2, markersize=4, linewidth=1, label=label)
     if other is not None:
         o = other.set_index("model").reindex(t["model"])
-        ax.errorbar(o["rating"], y - shift, xerr=[o["rating"] - o["ci_low"], o["ci_high"] - o["rating"]],
+        ax.errorbar(o["rating"], y - shift, xerr=_xerr(o),
                     fmt="s", color="#dd8452", ecolor="#dd8452", capsize=2, markersize=4, linewidth=1,
                     label=other_label)
         ax.legend(loc="lower right", fontsize=8)

@@ -12,7 +12,8 @@ a model never lost (or never won) and moves ratings of real-size data by well un
 Ratings are ``ELO_SCALE * log10(strength)`` shifted so that the mean is ``anchor_rating`` (default 1000) or a
 chosen ``anchor`` model sits at ``anchor_rating``. Bootstrap intervals resample battles with replacement
 (multinomial counts per battle, seeded), refit, and take percentiles; rank = 1 + the number of models whose
-lower bound is above this model's upper bound (Chatbot Arena's rule).
+lower bound is above this model's upper bound (Chatbot Arena's rule). Each replicate is anchored like the point
+estimate, so with an ``anchor`` model its interval is a point and every other interval carries its uncertainty.
 
 Limits: BT assumes one strength per model, independent of prompt and of the opponent; intervals are marginal
 (per model), not simultaneous. Online Elo (:func:`online_elo`) depends on the battles' order and is shown only

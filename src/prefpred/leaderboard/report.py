@@ -71,7 +71,7 @@ def render_leaderboard_report(metrics: Mapping[str, Any], table: pd.DataFrame, p
              "bound, so models whose intervals overlap share ranks. Online Elo (order-dependent) and raw win "
              "rates are shown for comparison only.", ""]
     if m["dropped"]:
-        lines += ["Left out: " + ", ".join(f"{n:,} {r}" for r, n in m["dropped"].items()), ""]
+        lines += ["Rows left out: " + ", ".join(f"{r} {n:,}" for r, n in m["dropped"].items()), ""]
     if m["flags"]:
         lines += [f"Flagged: {len(m['flags'])} model(s) (see the flag column): too few battles for a reliable rating or interval.", ""]
     lines += ["## Ranking", "", *_ranking(table)]
