@@ -10,24 +10,6 @@ from prefpred.cli.app import app
 
 
 # ---------------------------------------------------------------------------------------------- train
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    """``["training.learning_rate=1e-4"]`` -> dotted overrides (values read as YAML scalars)."""
-    import yaml
-
-    from prefpred.types import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. training.learning_rate=1e-4), got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else value
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
-
-
 @app.command("train")
 def train_cmd(
     config: str = typer.Option(..., "--config", help="LLM YAML config (configs/qwen2.5-0.5b-label-token-qlora.yaml, "
@@ -60,7 +42,7 @@ def train_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from prefpred.config import load_config
+    from prefpred.config import load_config, parse_set
     from prefpred.training.job import TrainConfig, train_job
     from prefpred.training_analysis import describe
 
@@ -70,7 +52,7 @@ def train_cmd(
         "data.limit": limit, "model.device": device, "data.extra_path": extra_data,
         "data.extra_weight": extra_weight, "overwrite": True if force else None,
     }
-    values.update(_parse_set(overrides))
+    values.update(parse_set(overrides))
     cfg = load_config(TrainConfig, config, values)
     run_dir = train_job(cfg)
     metrics_path = Path(run_dir) / "metrics.json"
@@ -120,15 +102,16 @@ def experiment_cmd(
 
     from rich.console import Console
 
-    from prefpred.config import load_config
-    from prefpred.experiment import ExperimentConfig, parse_set_options, results_table, run_experiment
+    from prefpred.config import load_config, parse_set
+    from prefpred.experiment import ExperimentConfig, run_experiment
+    from prefpred.report.experiment import results_table
 
     values: dict[str, object] = {
         "model.name_or_path": model, "data.path": data, "out_dir": out, "training.max_steps": max_steps,
         "name": name, "seed": seed, "data.limit": limit, "model.method": method, "model.device": device,
         "run_cpu_baseline": cpu_baseline, "overwrite": True if force else None,
     }
-    values.update(parse_set_options(overrides))
+    values.update(parse_set(overrides))
     cfg = load_config(ExperimentConfig, config, values)
     run_dir = run_experiment(cfg)
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))

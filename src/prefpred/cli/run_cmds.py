@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prefpred.cli.app import app
-from prefpred.report import fmt
+from prefpred.report.fmt import fmt
 
 console = Console()
 

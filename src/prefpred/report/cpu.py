@@ -1,18 +1,12 @@
-"""``report.md``: the page a person reads first, rendered from a run directory's own artifacts.
-
-:func:`build_report` reads ``metrics.json`` (and names the PNGs that exist beside it), so a report can be
-re-rendered at any time from a finished run without retraining.
-"""
+"""``report.md`` of a ``prefpred run`` (kind ``cpu``): CV, holdout, calibration, segments, swap, features."""
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from prefpred.utils import atomic_write_text
+from prefpred.report.fmt import _flatten, _num, _plain, _pm, _table, plots_section
+from prefpred.report.registry import register_renderer
 
 PLOTS = (
     ("model_comparison.png", "Model comparison: class prior vs model, out-of-fold and holdout"),
@@ -21,76 +15,7 @@ PLOTS = (
 )
 
 
-def fmt(v: Any, digits: int = 4, sign: bool = False) -> str:
-    """A table cell: ``–`` for missing, floats to ``digits`` places (with ``+`` when ``sign``), else ``str``."""
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
-    return str(v)
-
-
-def _num(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    for row in rows:
-        out.append("| " + " | ".join(_num(v) if not isinstance(v, str) else v for v in row) + " |")
-    return "\n".join(out)
-
-
-def _pm(summary: Mapping[str, Any], key: str, digits: int = 4) -> str:
-    s = summary.get(key)
-    if not s:
-        return "–"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
-
-
-def _plain(v: Any) -> str:
-    """Compact number: integers without decimals, other floats with one decimal."""
-    if isinstance(v, float) and math.isfinite(v):
-        return f"{int(v):,}" if v.is_integer() else f"{v:,.1f}"
-    return _num(v)
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """``(dotted key, value)`` rows; a mapping of more than 3 numbers (e.g. percentiles) becomes one row."""
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and len(v) > 3 and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values()):
-            out.append((key, " · ".join(f"{kk} {_plain(x)}" for kk, x in v.items())))
-        elif isinstance(v, Mapping):
-            out.extend(_flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
-            out.append((key, ", ".join(_num(x) for x in v)))
-        else:
-            out.append((key, v))
-    return out
-
-
-def plots_section(plots: Sequence[str], captions: Mapping[str, str] | None = None) -> list[str]:
-    """Markdown lines embedding each PNG (with a bold caption when one is given); empty without plots."""
-    lines: list[str] = ["## Plots", ""] if plots else []
-    for p in plots:
-        caption = (captions or {}).get(p)
-        lines += ([f"**{caption}**", ""] if caption else []) + [f"![{p}]({p})", ""]
-    return lines
-
-
+@register_renderer("cpu")
 def render_report(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     """Markdown text of the report for a run's ``metrics.json`` content; ``plots`` are PNG names to embed."""
     m = metrics
@@ -193,22 +118,3 @@ def render_report(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
               "`oof.csv` (out-of-fold predictions) · `holdout.csv` (holdout predictions as `prefpred predict` "
               "makes them) · `model/` · `calibration.json` (when calibrated)", ""]
     return "\n".join(lines)
-
-
-def build_report(run_dir: str | Path) -> Path:
-    """Render ``report.md`` in ``run_dir`` from its ``metrics.json`` and PNG files; returns the path."""
-    run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file():
-        raise FileNotFoundError(2, "No such file or directory (not a prefpred run directory?)", str(metrics_path))
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    plots = sorted(p.name for p in run_dir.glob("*.png"))
-    if metrics.get("kind") == "experiment":  # `prefpred experiment` runs have their own layout
-        from prefpred.experiment import render_experiment_report
-
-        return atomic_write_text(run_dir / "report.md", render_experiment_report(metrics, plots))
-    if metrics.get("model_kind") == "llm":  # so do LLM training runs
-        from prefpred.training.job import render_train_report
-
-        return atomic_write_text(run_dir / "report.md", render_train_report(metrics, plots))
-    return atomic_write_text(run_dir / "report.md", render_report(metrics, plots))
