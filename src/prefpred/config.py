@@ -283,6 +283,11 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def option_overrides(keys: dict[str, str], values: dict[str, Any], force: bool) -> dict[str, Any]:
+    """Dotted config overrides from a command's option values (``None`` = not given); ``--force`` -> overwrite."""
+    return {**{key: values[option] for option, key in keys.items()}, "overwrite": True if force else None}
+
+
 def save_config(obj: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
     text = yaml.safe_dump(to_dict(obj), sort_keys=False, allow_unicode=True)
