@@ -17,7 +17,7 @@ from prefpred.experiment import ExperimentConfig, parse_set_options
 from prefpred.models.cpu import CPUModelConfig
 from prefpred.pipeline import RunConfig
 from prefpred.splits import SplitConfig
-from prefpred.training.config import LLMModelConfig, LoRAConfig, TrainingConfig
+from prefpred.training.config import LLMModelConfig, LoRAConfig
 from prefpred.training.job import TrainConfig
 from prefpred.types import ConfigError
 
