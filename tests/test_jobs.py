@@ -90,6 +90,7 @@ def test_failed_start_is_started_over_and_said_so(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="prefpred.jobs"):
         assert prepare_in_place(run, overwrite=False, resume=True) is False
     assert "failed before its first checkpoint" in caplog.text
+    assert not (run / "checkpoints").exists() and (run / "config.yaml").exists()
 
 
 @pytest.mark.parametrize("state", ["foreign-file", "finished", "complete-marker", "checkpoint-no-resume"])

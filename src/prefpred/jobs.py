@@ -13,8 +13,14 @@
    with its ``kind``, ``report.md``) at the end; predictions go through
    :func:`prefpred.submission.write_predictions`.
 
+Jobs that write nothing until the end use :func:`prefpred.runs.new_run_dir` directly; ``ensemble``,
+``leaderboard`` and other new run kinds are meant to be built from these same steps.
+
 Limits: the class check looks at label mass (soft labels count), so a class present only as a small share of
-soft labels passes; ids are checked for uniqueness within the labelled data, not against the extra pairs.
+soft labels passes; ids are checked for uniqueness within the labelled data and within the extra pairs, not
+across the two (extra ids never reach a prediction file). Under ``accelerate launch`` only the main process
+removes a folder (``overwrite``) or the half-written checkpoints of a failed start (its other files are
+rewritten by the new start).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from prefpred.runs import COMPLETE_MARKER, is_complete, mark_complete, write_metrics
+from prefpred.runs import is_complete, mark_complete, write_metrics
 from prefpred.types import LABELS, DataError, Pair
 
 logger = logging.getLogger(__name__)
@@ -182,6 +188,10 @@ def prepare_in_place(run_dir: Path, *, overwrite: bool, resume: bool) -> bool:
     if not finished and _failed_start(run_dir):
         logger.warning("%s holds only the files of a run that failed before its first checkpoint: starting over",
                        run_dir)
+        _barrier()
+        if _is_main():  # half-written checkpoint folders; the other files are rewritten from scratch
+            shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+        _barrier()
         return False
     raise FileExistsError(f"{run_dir} exists (use --force or another --name"
                           + (")" if finished or not resumable else "; set training.resume to continue it)"))
@@ -216,5 +226,5 @@ def finish_run(run_dir: Path, metrics: dict[str, Any], *, kind: str, in_place: b
     return run_dir
 
 
-__all__ = ["COMPLETE_MARKER", "IN_PLACE_FILES", "JobData", "check_classes", "check_labelled", "extra_prompt_keys",
+__all__ = ["IN_PLACE_FILES", "JobData", "check_classes", "check_labelled", "extra_prompt_keys",
            "finish_run", "leak_free_extra", "load_job_data", "prepare_in_place", "write_run_files"]
