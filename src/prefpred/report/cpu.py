@@ -43,12 +43,12 @@ def render_report(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
 
 def _header(m: Mapping[str, Any]) -> list[str]:
     emb = m.get("embeddings")
-    features = ("hand-made features + MiniLM sentence embeddings" if emb else "hand-made features only "
-                "(sentence embeddings off)" if emb is not None else "embedding features not recorded")
+    features = ("hand-made + MiniLM sentence embeddings" if emb else "hand-made only, sentence embeddings off"
+                if emb is not None else "embedding features not recorded")
     counts = m.get("counts", {})
     return [f"# prefpred run `{m.get('name', '?')}`", "",
-            f"Created {m.get('created', '?')} · seed {m.get('seed', '?')} · model `{m.get('model_kind', '?')}` "
-            f"({features}) · total time {_num(m.get('timing', {}).get('total_s'), 1)} s", "",
+            f"Created {m.get('created', '?')} · seed {m.get('seed', '?')} · model `{m.get('model_kind', '?')}` · "
+            f"features: {features} · total time {_num(m.get('timing', {}).get('total_s'), 1)} s", "",
             f"Data: `{m.get('data_path') or 'hub dataset'}` — {_num(counts.get('pairs'))} labelled pairs: "
             f"{_num(counts.get('cv'))} in {m.get('cv', {}).get('n_folds', '?')}-fold cross-validation, "
             f"{_num(counts.get('holdout'))} in the holdout"
