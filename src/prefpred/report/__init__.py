@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from prefpred.report.cpu import render_report
-from prefpred.report.fmt import fmt, plots_section
+from prefpred.report.fmt import _flatten, _num, _plain, _pm, _table, fmt, plots_section  # noqa: F401 - shared
 from prefpred.report.registry import register_renderer, render, renderer_for, run_kind
 from prefpred.types import UserError
 from prefpred.utils import atomic_write_text
