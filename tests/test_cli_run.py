@@ -88,6 +88,27 @@ def test_predict_writes_submission_for_unlabelled_test(files, run_dir):
     assert result.exit_code == 2 and "not a prefpred run" in result.output
 
 
+def test_predict_raw_skips_calibration(files, run_dir):
+    import numpy as np
+
+    from prefpred.calibration import Calibrator
+    from prefpred.data import load_pairs
+    from prefpred.models.base import load_model
+    from prefpred.submission import read_predictions
+
+    d, _, test = files
+    pairs = load_pairs(test)
+    model_out = load_model(run_dir / "model").predict_proba(pairs)
+    for flag, expected in (([], Calibrator.load(run_dir / "calibration.json").transform(model_out)),
+                           (["--raw"], model_out)):
+        out = d / f"sub{'-raw' if flag else ''}.csv"
+        _ok(runner.invoke(app, ["predict", "--run", str(run_dir), "--data", str(test), "--out", str(out), *flag]))
+        ids, proba = read_predictions(out)
+        assert ids == [p.id for p in pairs]
+        np.testing.assert_allclose(proba, expected, atol=1e-6)
+    assert np.abs(read_predictions(d / "sub.csv")[1] - read_predictions(d / "sub-raw.csv")[1]).max() > 1e-4
+
+
 def test_evaluate_holdout_predictions(files, run_dir):
     d, train, _ = files
     out, plots = d / "eval.json", d / "plots"

@@ -35,11 +35,34 @@ def test_train_help():
         assert option in result.output
 
 
-def test_train_end_to_end_writes_a_run_directory(tiny_qwen_dir, arena_csv, tmp_path):
-    from prefpred.data import write_pairs_jsonl
+def _train_spy(monkeypatch) -> list[list[str]]:
+    """Record the ids of the pairs each LLMPreferenceModel.fit trains on (the real fit still runs)."""
+    from prefpred.models.llm import LLMPreferenceModel
 
+    seen: list[list[str]] = []
+    real_fit = LLMPreferenceModel.fit
+
+    def fit(self, pairs, *args, **kwargs):
+        seen.append([p.id for p in pairs])
+        return real_fit(self, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(LLMPreferenceModel, "fit", fit)
+    return seen
+
+
+def test_train_end_to_end_writes_a_run_directory(tiny_qwen_dir, arena_csv, tmp_path, monkeypatch):
+    import dataclasses
+
+    import pandas as pd
+
+    from prefpred.data import load_pairs, write_pairs_jsonl
+    from prefpred.splits import HOLDOUT_FOLD
+
+    # extra pairs: 6 with new prompts, and teacher copies of 16 data rows (prompts of every part of the split)
+    copies = [dataclasses.replace(p, id=f"x{p.id}", label=(0.5, 0.3, 0.2)) for p in load_pairs(arena_csv)[:16]]
     extra = tmp_path / "extra.jsonl"
-    write_pairs_jsonl(planted_pairs(6, seed=77, source="teacher"), extra)
+    write_pairs_jsonl(planted_pairs(6, seed=77, source="teacher") + copies, extra)
+    trained = _train_spy(monkeypatch)
     args = ["train", "--config", str(CONFIGS / "tiny-cpu.yaml"), "--model", str(tiny_qwen_dir), "--data", str(arena_csv),
             "--out", str(tmp_path / "runs"), "--name", "t", "--max-steps", "4", "--extra-data", str(extra),
             "--extra-weight", "0.5", "--set", "training.eval_steps=2", "--set", "training.save_steps=2",
@@ -53,7 +76,14 @@ def test_train_end_to_end_writes_a_run_directory(tiny_qwen_dir, arena_csv, tmp_p
     assert not (run / "checkpoints").exists()  # the best weights are in model/
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["model_kind"] == "llm" and metrics["training"]["global_step"] == 4
-    assert metrics["counts"]["extra_used"] == 6 and metrics["counts"]["train"] > 0
+    # copies of validation (fold 0) or holdout prompts never reach training; copies of training prompts do
+    fold = dict(pd.read_csv(run / "splits.csv", dtype={"id": str}).set_index("id")["fold"])
+    leaky = {c.id for c in copies if fold[c.id[1:]] in (HOLDOUT_FOLD, 0)}
+    assert 0 < len(leaky) < len(copies)
+    assert metrics["counts"]["extra"] == 22
+    assert metrics["counts"]["extra_used"] == 22 - len(leaky) and metrics["counts"]["train"] > 0
+    assert len(trained) == 1 and not leaky & set(trained[0])
+    assert {c.id for c in copies} - leaky <= set(trained[0])
     assert 0.0 <= metrics["holdout"]["model"]["accuracy"] <= 1.0
     assert metrics["training"]["analysis"]["loss_reduction_pct"] is not None
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -157,15 +157,30 @@ def test_experiment_without_model_is_one_line_error(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_experiment_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, one_torch_thread):
-    from prefpred.data import load_pairs
+def test_experiment_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, one_torch_thread, monkeypatch):
+    import dataclasses
+
+    from prefpred.data import load_pairs, write_pairs_jsonl
+    from prefpred.models.cpu import CPUPreferenceModel
     from prefpred.models.judge import ZeroShotJudge
+    from prefpred.models.llm import LLMPreferenceModel
     from prefpred.submission import read_predictions
 
     data = write_arena_csv(_pairs_with_repeated_prompts(48, seed=2), tmp_path / "train.csv")
+    # extra pairs: teacher copies of 20 data rows, so some carry validation prompts (they must not train)
+    copies = [dataclasses.replace(p, id=f"x{p.id}", label=(0.4, 0.4, 0.2)) for p in load_pairs(data)[:20]]
+    write_pairs_jsonl(copies, tmp_path / "extra.jsonl")
+    trained: dict[str, list[str]] = {}
+    for cls, key in ((LLMPreferenceModel, "fine_tuned"), (CPUPreferenceModel, "cpu")):
+        def spy(self, pairs, *a, _real=cls.fit, _key=key, **kw):
+            trained[_key] = [p.id for p in pairs]
+            return _real(self, pairs, *a, **kw)
+
+        monkeypatch.setattr(cls, "fit", spy)
     out = tmp_path / "runs"
     args = ["experiment", "--config", str(TINY_CONFIG), "--model", str(tiny_model_dir), "--data", str(data),
-            "--out", str(out), "--name", "tiny", "--max-steps", "2", "--seed", "7"]
+            "--out", str(out), "--name", "tiny", "--max-steps", "2", "--seed", "7",
+            "--set", f"data.extra_path={tmp_path / 'extra.jsonl'}"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     run = out / "tiny"
@@ -211,6 +226,15 @@ def test_experiment_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, one_tor
     assert not set(splits.loc[val, "group"]) & set(splits.loc[~val, "group"])
     val_ids = splits.loc[val, "id"].tolist()
     assert metrics["counts"]["validation"] == len(val_ids)
+    # extra copies of validation prompts train neither the fine-tuned nor the CPU model; the others train both
+    val_groups = set(splits.loc[val, "group"])
+    group = dict(zip(splits["id"], splits["group"], strict=True))
+    leaky = {c.id for c in copies if group[c.id[1:]] in val_groups}
+    assert 0 < len(leaky) < len(copies)
+    assert metrics["counts"]["extra"] == 20 and metrics["counts"]["extra_used"] == 20 - len(leaky)
+    for key in ("fine_tuned", "cpu"):
+        assert not leaky & set(trained[key]), key
+        assert {c.id for c in copies} - leaky <= set(trained[key]), key
     for name in ("base", "fine_tuned", "cpu"):
         ids, proba = read_predictions(run / "predictions" / f"{name}.csv")
         assert ids == val_ids

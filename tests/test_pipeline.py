@@ -85,8 +85,17 @@ def test_run_predictions_and_splits_are_consistent(run_dir, planted_file):
     ev = evaluate_predictions(run_dir / "holdout.csv", hold_pairs)
     assert ev["log_loss"] == pytest.approx(m["holdout"]["calibrated"]["log_loss"], rel=1e-6)
     assert sum(map(sum, ev["confusion"])) == len(hold_pairs)
+    # raw = the saved model's own output; holdout.csv = the saved calibrator applied to it, and it differs
+    from prefpred.calibration import Calibrator
+    from prefpred.metrics import log_loss
+    from prefpred.models.base import load_model
+    from prefpred.types import label_matrix
+
     raw = predict_run(run_dir, hold_pairs, calibrated=False)
-    assert evaluate_predictions(run_dir / "holdout.csv", hold_pairs)["n"] == len(raw)
+    np.testing.assert_allclose(raw, load_model(run_dir / "model").predict_proba(hold_pairs), atol=1e-12)
+    np.testing.assert_allclose(Calibrator.load(run_dir / "calibration.json").transform(raw), hold, atol=1e-8)
+    assert np.abs(raw - hold).max() > 1e-4
+    assert log_loss(label_matrix(hold_pairs), raw) == pytest.approx(m["holdout"]["raw"]["log_loss"], rel=1e-9)
 
 
 def test_same_seed_same_run(tmp_path, planted_file, run_dir):

@@ -60,3 +60,36 @@ def test_build_report_from_run_dir(tmp_path):
 def test_build_report_needs_metrics(tmp_path):
     with pytest.raises(FileNotFoundError):
         build_report(tmp_path)
+
+
+def test_run_report_says_what_the_features_segments_and_importances_are():
+    m = _metrics()
+    off = render_report({**m, "embeddings": False})
+    assert "sentence embeddings off" in off
+    on = render_report({**m, "embeddings": True, "top_features_importance": "share of the total split gain"})
+    assert "MiniLM sentence embeddings" in on and "embeddings off" not in on
+    assert "`length`: the combined length of both responses in characters, all turns" in on
+    assert "Importance: share of the total split gain of the final model." in on
+    assert "embedding features not recorded" in render_report(m)  # runs written before the key existed
+
+
+@pytest.mark.parametrize("kind, heading", [("cpu", "# prefpred run"), ("llm", "# prefpred LLM run"),
+                                           ("experiment", "# prefpred experiment")])
+def test_report_is_chosen_by_run_kind(tmp_path, kind, heading):
+    from prefpred.report import render
+
+    m = {**_metrics(), "kind": kind}
+    assert render(m).startswith(heading)
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    assert build_report(tmp_path).read_text().startswith(heading)
+
+
+def test_unknown_kind_and_damaged_metrics_are_one_line(tmp_path):
+    from prefpred.types import UserError
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"kind": "mystery"}))
+    with pytest.raises(UserError, match="no report renderer for run kind 'mystery'"):
+        build_report(tmp_path)
+    (tmp_path / "metrics.json").write_bytes(b"\x89PNG\x00")
+    with pytest.raises(UserError, match="damaged"):
+        build_report(tmp_path)

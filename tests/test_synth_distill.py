@@ -50,7 +50,7 @@ def test_extra_data_is_weighted_and_skips_failed_pairs(teacher_labels):
 
 
 def test_soft_label_training_beats_the_prior(teacher_labels):
-    cpu = pytest.importorskip("prefpred.models.cpu", reason="the CPU model (prefpred.models.cpu) is not there yet")
+    from prefpred.models import cpu
     _, out, _, _ = teacher_labels
     train = [p for p in load_pairs(out) if p.label is not None]
     held_out = planted_pairs(150, seed=32)

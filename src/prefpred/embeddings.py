@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from prefpred.hf import resolve_device
 from prefpred.types import MissingDependencyError, Pair
 
 logger = logging.getLogger(__name__)
@@ -50,19 +51,6 @@ def default_cache_dir(configured: str | Path | None = None) -> Path:
     root = os.environ.get(CACHE_ENV)
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "prefpred"
     return base / "embeddings"
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``mps`` on Apple silicon, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def _bundled_model() -> tuple[Path, str]:

@@ -29,13 +29,24 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from prefpred.calibration import METHODS, Calibrator
-from prefpred.config import RunBase, save_config
+from prefpred.config import RunBase, config_dataclass
+from prefpred.jobs import (
+    JobData,
+    check_classes,
+    check_labelled,
+    extra_prompt_keys,
+    finish_run,
+    leak_free_extra,
+    load_job_data,
+    write_run_files,
+)
 from prefpred.metrics import (
     compute_metrics,
     fold_summary,
@@ -44,10 +55,10 @@ from prefpred.metrics import (
     swap_consistency,
 )
 from prefpred.models.cpu import CPUModelConfig, CPUPreferenceModel
-from prefpred.runs import CALIBRATION_FILE, check_run_target, load_predictor, new_run_dir, write_metrics
-from prefpred.splits import SplitConfig, holdout_mask, iter_folds, make_splits, normalize_prompt, save_splits
+from prefpred.runs import CALIBRATION_FILE, check_run_target, load_predictor, new_run_dir
+from prefpred.splits import SplitConfig, holdout_mask, iter_folds, make_splits
 from prefpred.submission import read_predictions, write_predictions
-from prefpred.types import ConfigError, DataError, Pair, label_matrix
+from prefpred.types import DataError, Pair, label_matrix
 from prefpred.utils import json_safe, set_seed
 
 logger = logging.getLogger(__name__)
@@ -55,7 +66,7 @@ logger = logging.getLogger(__name__)
 TOP_FEATURES = 20
 
 
-@dataclasses.dataclass
+@config_dataclass
 class RunConfig(RunBase):
     """Everything a ``prefpred run`` needs; saved, resolved, as ``config.yaml`` in the run directory."""
 
@@ -65,27 +76,14 @@ class RunConfig(RunBase):
     """The CPU (LightGBM) model."""
     calibrate: bool = True
     """Fit a calibrator on the out-of-fold predictions and apply it to holdout and ``predict`` output."""
-    calibration_method: str = "temperature"
+    calibration_method: Literal[METHODS] = "temperature"
     """``temperature`` (one parameter, keeps the argmax), ``bias`` (temperature + class offsets) or ``vector``."""
     overwrite: bool = False
     """Replace an existing run directory of the same name (otherwise that is an error)."""
 
-    def __post_init__(self) -> None:
-        if self.calibration_method not in METHODS:
-            raise ConfigError(f"calibration_method must be one of {list(METHODS)}, got {self.calibration_method!r}")
-        if self.name is not None and (not self.name.strip() or "/" in self.name or self.name in {".", ".."}):
-            raise ConfigError(f"name must be a plain folder name, got {self.name!r}")
 
-
-def _validate(pairs: Sequence[Pair], where: str) -> None:
-    if not pairs:
-        raise DataError("no pairs to train on", path=where)
-    unlabelled = [i for i, p in enumerate(pairs) if p.label is None]
-    if unlabelled:
-        raise DataError(f"{len(unlabelled)} row(s) have no label (first: id {pairs[unlabelled[0]].id!r}); "
-                        "training needs labelled data", path=where)
-
-
+IMPORTANCE_TYPE = "share of the total split gain (LightGBM importance_type='gain')"
+"""What ``top_features`` of a run's ``metrics.json`` measure."""
 
 
 def _top_features(model: Any, k: int = TOP_FEATURES) -> list[dict[str, Any]]:
@@ -117,187 +115,229 @@ def _best_iterations(models_best: list[int | None], fallback: int) -> int:
     return max(1, int(round(float(np.mean(vals)))))
 
 
+# ---------------------------------------------------------------------------------------------- the job
+@dataclasses.dataclass
+class _Split:
+    """The split table and, per row of the data, its label, holdout flag and position."""
+
+    table: pd.DataFrame
+    ids: list[str]
+    hold: np.ndarray
+    y: np.ndarray
+
+    @property
+    def cv_mask(self) -> np.ndarray:
+        return ~self.hold
+
+
+@dataclasses.dataclass
+class _CV:
+    """Out-of-fold results of the cross-validation."""
+
+    oof: np.ndarray
+    oof_prior: np.ndarray
+    per_fold: list[dict[str, Any]]
+    best_iters: list[int | None]
+
+
 def run_job(cfg: RunConfig) -> Path:
-    """Run cross-validated training and evaluation; returns the run directory."""
+    """Run cross-validated training and evaluation; returns the run directory (see the module docstring)."""
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     set_seed(cfg.seed, with_torch=None)  # torch only if embeddings already imported it
-    name = cfg.run_name("run")
-    cfg = dataclasses.replace(cfg, name=name)
-    run_dir = check_run_target(Path(cfg.out_dir) / name, force=cfg.overwrite)
-
-    # 1. data ------------------------------------------------------------------------------------------
-    from prefpred.data import load_data, load_extra, pairs_summary
-
+    cfg = dataclasses.replace(cfg, name=cfg.run_name("run"))
+    run_dir = check_run_target(Path(cfg.out_dir) / cfg.name, force=cfg.overwrite)
     t0 = time.perf_counter()
-    loaded = load_data(cfg.data, seed=cfg.seed)
-    pairs = list(loaded.pairs)
-    where = loaded.path or cfg.data.path or cfg.data.hub_dataset
-    _validate(pairs, str(where))
-    extra = load_extra(cfg.data, seed=cfg.seed)
-    if extra:
-        _validate(extra, str(cfg.data.extra_path))
+    data = load_job_data(cfg.data, seed=cfg.seed)
     timing["load_s"] = time.perf_counter() - t0
-    logger.info("loaded %d pairs from %s%s", len(pairs), where,
-                f" and {len(extra)} extra training pairs" if extra else "")
-
-    # 2. splits ----------------------------------------------------------------------------------------
-    splits = make_splits(pairs, cfg.split, cfg.seed)
-    ids = [p.id for p in pairs]
-    hold = holdout_mask(splits, ids)
-    y = label_matrix(pairs)
-    prompt_keys = [normalize_prompt(p.prompt) for p in pairs]
-    extra_keys = [normalize_prompt(p.prompt) for p in extra]
-    holdout_keys = {k for k, h in zip(prompt_keys, hold, strict=True) if h}
-
-    def extra_for(excluded: set[str]) -> list[Pair]:
-        return [e for e, k in zip(extra, extra_keys, strict=True) if k not in excluded]
-
-    with new_run_dir(cfg.out_dir, name, force=cfg.overwrite) as work:
-        save_config(cfg, work / "config.yaml")
-        save_splits(splits, work / "splits.csv")
-
-        # 3. cross-validation --------------------------------------------------------------------------
+    split = _split(cfg, data)
+    with new_run_dir(cfg.out_dir, cfg.name, force=cfg.overwrite) as work:
+        write_run_files(work, cfg, split.table)
         t0 = time.perf_counter()
-        folds = list(iter_folds(splits, ids))
-        oof = np.full((len(pairs), 3), np.nan)
-        oof_prior = np.full((len(pairs), 3), np.nan)
-        per_fold: list[dict[str, Any]] = []
-        best_iters: list[int | None] = []
-        n_extra_used = []
-        for fold, tr, va in tqdm(folds, desc="folds", unit="fold", disable=None):
-            val_keys = {prompt_keys[i] for i in va}
-            fold_extra = extra_for(val_keys | holdout_keys)
-            n_extra_used.append(len(fold_extra))
-            train_pairs = [pairs[i] for i in tr] + fold_extra
-            val_pairs = [pairs[i] for i in va]
-            model = CPUPreferenceModel(cfg.model, seed=cfg.seed)
-            model.fit(train_pairs, eval_pairs=val_pairs)
-            oof[va] = model.predict_proba(val_pairs)
-            oof_prior[va] = prior_proba(y[tr], len(va))
-            best = getattr(model, "best_iteration_", None)
-            best_iters.append(int(best) if best else None)
-            per_fold.append({"fold": int(fold), "n_train": len(train_pairs), "n_val": len(va),
-                             "n_extra": len(fold_extra), "best_iteration": int(best) if best else None,
-                             **compute_metrics(y[va], oof[va])})
-            logger.info("fold %d: log loss %.4f, accuracy %.3f (best iteration %s)", fold,
-                        per_fold[-1]["log_loss"], per_fold[-1]["accuracy"], best)
+        cv = _cross_validate(cfg, data, split)
         timing["cv_s"] = time.perf_counter() - t0
-        cv_mask = ~hold
-        oof_metrics = compute_metrics(y[cv_mask], oof[cv_mask])
-        prior_oof_metrics = compute_metrics(y[cv_mask], oof_prior[cv_mask])
-
-        # 4. calibration on OOF ------------------------------------------------------------------------
-        calibrator = None
-        cal_info: dict[str, Any] | None = None
-        if cfg.calibrate:
-            calibrator = Calibrator(cfg.calibration_method).fit(oof[cv_mask], y[cv_mask])
-            calibrator.save(work / CALIBRATION_FILE)
-            cal_info = calibrator.to_dict()
-
-        # 5. refit on all non-holdout rows -------------------------------------------------------------
+        calibrator = _calibrate(cfg, cv, split, work)
         t0 = time.perf_counter()
-        n_est = _best_iterations(best_iters, cfg.model.n_estimators)
-        refit_cfg = dataclasses.replace(cfg.model, n_estimators=n_est)
-        refit_extra = extra_for(holdout_keys)
-        cv_pairs = [p for p, h in zip(pairs, hold, strict=True) if not h]
-        final = CPUPreferenceModel(refit_cfg, seed=cfg.seed)
-        final.fit(cv_pairs + refit_extra)
-        final.save(work / "model")
+        final, refit = _refit(cfg, data, split, cv, work)
         timing["refit_s"] = time.perf_counter() - t0
-
-        # 6. holdout -----------------------------------------------------------------------------------
-        hold_pairs = [p for p, h in zip(pairs, hold, strict=True) if h]
-        holdout: dict[str, Any] | None = None
-        prior_hold_metrics = None
-        hold_raw = hold_final = None
-        if hold_pairs:
-            hold_raw = final.predict_proba(hold_pairs)
-            hold_final = calibrator.transform(hold_raw) if calibrator else hold_raw
-            holdout = {"raw": compute_metrics(y[hold], hold_raw)}
-            if calibrator:
-                holdout["calibrated"] = compute_metrics(y[hold], hold_final)
-            prior_hold_metrics = compute_metrics(y[hold], prior_proba(y[cv_mask], len(hold_pairs)))
-            write_predictions([p.id for p in hold_pairs], hold_final, work / "holdout.csv", labels=y[hold])
-        write_predictions([ids[i] for i in np.flatnonzero(cv_mask)], oof[cv_mask], work / "oof.csv",
-                          labels=y[cv_mask])
-
-        # 7. diagnostics -------------------------------------------------------------------------------
-        swap_pairs, swap_on = (hold_pairs, "holdout") if hold_pairs else (cv_pairs, "training (in-sample)")
-        base = hold_raw if hold_pairs else final.predict_proba(swap_pairs)
-        swapped = final.predict_proba([p.swapped() for p in swap_pairs])
-        swap = {**swap_consistency(base, swapped), "on": swap_on}
-        segments = segment_metrics(cv_pairs, oof[cv_mask])
-
-        summary = fold_summary(per_fold)
-        metrics: dict[str, Any] = {
-            "name": name,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seed": cfg.seed,
-            "model_kind": getattr(final, "kind", type(final).__name__),
-            "data_path": loaded.path or cfg.data.path,
-            "extra_path": cfg.data.extra_path,
-            "extra_weight": cfg.data.extra_weight,
-            "counts": {"pairs": len(pairs), "cv": int(cv_mask.sum()), "holdout": int(hold.sum()),
-                       "extra": len(extra), "extra_used_refit": len(refit_extra),
-                       "dropped_invalid": len(getattr(loaded, "dropped", []) or [])},
-            "headline": {
-                "oof_log_loss": oof_metrics["log_loss"],
-                "oof_log_loss_std": summary.get("log_loss", {}).get("std"),
-                "oof_accuracy": oof_metrics["accuracy"],
-                "oof_accuracy_std": summary.get("accuracy", {}).get("std"),
-                "holdout_log_loss": holdout["raw"]["log_loss"] if holdout else None,
-                "holdout_accuracy": holdout["raw"]["accuracy"] if holdout else None,
-                "holdout_log_loss_calibrated": (holdout.get("calibrated", {}).get("log_loss")
-                                                if holdout else None),
-                "prior_oof_log_loss": prior_oof_metrics["log_loss"],
-            },
-            "cv": {"n_folds": len(folds), "per_fold": per_fold, "summary": summary, "oof": oof_metrics},
-            "holdout": holdout,
-            "prior": {"oof": prior_oof_metrics, "holdout": prior_hold_metrics},
-            "calibration": cal_info,
-            "refit": {"n_estimators": n_est, "n_train": len(cv_pairs) + len(refit_extra)},
-            "swap_consistency": swap,
-            "segments": segments.to_dict(orient="records"),
-            "segments_on": "out-of-fold",
-            "top_features": _top_features(final),
-            "data": pairs_summary(pairs),
-        }
-
-        # 8. plots + report ----------------------------------------------------------------------------
-        from prefpred.plots import plot_confusion, plot_model_comparison, plot_reliability
-        from prefpred.report import build_report
-
-        comparison = {
-            "prior OOF": {"accuracy": prior_oof_metrics["accuracy"], "log_loss": prior_oof_metrics["log_loss"]},
-            "model OOF": {"accuracy": oof_metrics["accuracy"], "log_loss": oof_metrics["log_loss"],
-                          "accuracy_std": summary.get("accuracy", {}).get("std"),
-                          "log_loss_std": summary.get("log_loss", {}).get("std")},
-        }
-        if holdout:
-            comparison["prior holdout"] = {"accuracy": prior_hold_metrics["accuracy"],
-                                           "log_loss": prior_hold_metrics["log_loss"]}
-            comparison["model holdout"] = {"accuracy": holdout["raw"]["accuracy"],
-                                           "log_loss": holdout["raw"]["log_loss"]}
-            if "calibrated" in holdout:
-                comparison["model holdout (calibrated)"] = {"accuracy": holdout["calibrated"]["accuracy"],
-                                                            "log_loss": holdout["calibrated"]["log_loss"]}
-        plot_model_comparison(comparison, work / "model_comparison.png", title=f"Run {name}")
-        if hold_pairs:
-            rel_sets = {"holdout raw": hold_raw, **({"holdout calibrated": hold_final} if calibrator else {})}
-            plot_reliability(y[hold], rel_sets, work / "reliability.png")
-            plot_confusion(y[hold], hold_final, work / "confusion.png",
-                           title=f"Holdout confusion (n={len(hold_pairs)})")
-        else:
-            plot_reliability(y[cv_mask], {"OOF": oof[cv_mask]}, work / "reliability.png")
-            plot_confusion(y[cv_mask], oof[cv_mask], work / "confusion.png",
-                           title=f"Out-of-fold confusion (n={int(cv_mask.sum())})")
+        hold = _score_holdout(final, calibrator, data, split, cv, work)
+        metrics = _metrics(cfg, data, split, cv, calibrator, final, refit, hold)
+        _plots(work, cfg.name, metrics, split, cv, hold)
         timing["total_s"] = time.perf_counter() - t_start
         metrics["timing"] = timing
-        write_metrics(work, metrics, kind="cpu")
-        build_report(work)
+        finish_run(work, metrics, kind="cpu")
     logger.info("run written to %s (%.1f s)", run_dir, timing["total_s"])
     return run_dir
+
+
+def _split(cfg: RunConfig, data: JobData) -> _Split:
+    """Holdout + K folds grouped by prompt (:func:`prefpred.splits.make_splits`)."""
+    table = make_splits(data.pairs, cfg.split, cfg.seed)
+    ids = [p.id for p in data.pairs]
+    return _Split(table=table, ids=ids, hold=holdout_mask(table, ids), y=label_matrix(data.pairs))
+
+
+def _cross_validate(cfg: RunConfig, data: JobData, split: _Split) -> _CV:
+    """Train on each fold's training part (+ leak-free extra pairs), early-stopped on and predicting its
+    validation part: the out-of-fold predictions and per-fold metrics."""
+    pairs, y = data.pairs, split.y
+    hold_pairs = [p for p, h in zip(pairs, split.hold, strict=True) if h]
+    extra_keys = extra_prompt_keys(data.extra)
+    folds = list(iter_folds(split.table, split.ids))
+    cv = _CV(oof=np.full((len(pairs), 3), np.nan), oof_prior=np.full((len(pairs), 3), np.nan), per_fold=[],
+             best_iters=[])
+    for fold, tr, va in tqdm(folds, desc="folds", unit="fold", disable=None):
+        val_pairs = [pairs[i] for i in va]
+        fold_extra = leak_free_extra(data.extra, val_pairs + hold_pairs, keys=extra_keys)
+        train_pairs = [pairs[i] for i in tr] + fold_extra
+        check_classes(train_pairs, data.where, part=f"the training part of fold {fold}")
+        model = CPUPreferenceModel(cfg.model, seed=cfg.seed)
+        model.fit(train_pairs, eval_pairs=val_pairs)
+        cv.oof[va] = model.predict_proba(val_pairs)
+        cv.oof_prior[va] = prior_proba(y[tr], len(va))
+        best = getattr(model, "best_iteration_", None)
+        cv.best_iters.append(int(best) if best else None)
+        cv.per_fold.append({"fold": int(fold), "n_train": len(train_pairs), "n_val": len(va),
+                            "n_extra": len(fold_extra), "best_iteration": int(best) if best else None,
+                            **compute_metrics(y[va], cv.oof[va])})
+        logger.info("fold %d: log loss %.4f, accuracy %.3f (best iteration %s)", fold,
+                    cv.per_fold[-1]["log_loss"], cv.per_fold[-1]["accuracy"], best)
+    return cv
+
+
+def _calibrate(cfg: RunConfig, cv: _CV, split: _Split, work: Path) -> Calibrator | None:
+    """Fit the calibrator on the out-of-fold predictions (``calibration.json``); ``None`` when off."""
+    if not cfg.calibrate:
+        return None
+    m = split.cv_mask
+    calibrator = Calibrator(cfg.calibration_method).fit(cv.oof[m], split.y[m])
+    calibrator.save(work / CALIBRATION_FILE)
+    return calibrator
+
+
+def _refit(cfg: RunConfig, data: JobData, split: _Split, cv: _CV, work: Path,
+           ) -> tuple[CPUPreferenceModel, dict[str, int]]:
+    """Refit on every non-holdout row (+ leak-free extra pairs) with the folds' mean best iteration; ``model/``."""
+    n_est = _best_iterations(cv.best_iters, cfg.model.n_estimators)
+    hold_pairs = [p for p, h in zip(data.pairs, split.hold, strict=True) if h]
+    refit_extra = leak_free_extra(data.extra, hold_pairs)
+    cv_pairs = [p for p, h in zip(data.pairs, split.hold, strict=True) if not h]
+    check_classes(cv_pairs + refit_extra, data.where, part="the refit's training pairs")
+    final = CPUPreferenceModel(dataclasses.replace(cfg.model, n_estimators=n_est), seed=cfg.seed)
+    final.fit(cv_pairs + refit_extra)
+    final.save(work / "model")
+    return final, {"n_estimators": n_est, "n_train": len(cv_pairs) + len(refit_extra),
+                   "extra_used": len(refit_extra)}
+
+
+@dataclasses.dataclass
+class _Holdout:
+    pairs: list[Pair]
+    raw: np.ndarray | None
+    final: np.ndarray | None
+    swap: dict[str, Any]
+
+
+def _score_holdout(final: CPUPreferenceModel, calibrator: Calibrator | None, data: JobData, split: _Split,
+                   cv: _CV, work: Path) -> _Holdout:
+    """Predict the holdout (raw and calibrated), write ``holdout.csv`` and ``oof.csv``, measure swap consistency."""
+    y, hold, m = split.y, split.hold, split.cv_mask
+    hold_pairs = [p for p, h in zip(data.pairs, hold, strict=True) if h]
+    hold_raw = hold_final = None
+    if hold_pairs:
+        hold_raw = final.predict_proba(hold_pairs)
+        hold_final = calibrator.transform(hold_raw) if calibrator else hold_raw
+        write_predictions([p.id for p in hold_pairs], hold_final, work / "holdout.csv", labels=y[hold])
+    write_predictions([split.ids[i] for i in np.flatnonzero(m)], cv.oof[m], work / "oof.csv", labels=y[m])
+    cv_pairs = [p for p, h in zip(data.pairs, hold, strict=True) if not h]
+    swap_pairs, swap_on = (hold_pairs, "holdout") if hold_pairs else (cv_pairs, "training (in-sample)")
+    base = hold_raw if hold_pairs else final.predict_proba(swap_pairs)
+    swapped = final.predict_proba([p.swapped() for p in swap_pairs])
+    return _Holdout(pairs=hold_pairs, raw=hold_raw, final=hold_final,
+                    swap={**swap_consistency(base, swapped), "on": swap_on})
+
+
+def _metrics(cfg: RunConfig, data: JobData, split: _Split, cv: _CV, calibrator: Calibrator | None,
+             final: CPUPreferenceModel, refit: dict[str, int], hold: _Holdout) -> dict[str, Any]:
+    """The run's ``metrics.json`` content (without ``timing``)."""
+    from prefpred.data import pairs_summary
+
+    y, m = split.y, split.cv_mask
+    oof_metrics = compute_metrics(y[m], cv.oof[m])
+    prior_oof = compute_metrics(y[m], cv.oof_prior[m])
+    holdout: dict[str, Any] | None = None
+    prior_hold = None
+    if hold.pairs:
+        holdout = {"raw": compute_metrics(y[split.hold], hold.raw)}
+        if calibrator:
+            holdout["calibrated"] = compute_metrics(y[split.hold], hold.final)
+        prior_hold = compute_metrics(y[split.hold], prior_proba(y[m], len(hold.pairs)))
+    cv_pairs = [p for p, h in zip(data.pairs, split.hold, strict=True) if not h]
+    summary = fold_summary(cv.per_fold)
+    return {
+        "name": cfg.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": cfg.seed,
+        "model_kind": getattr(final, "kind", type(final).__name__),
+        "embeddings": cfg.model.embeddings,
+        "data_path": data.data_path,
+        "extra_path": cfg.data.extra_path,
+        "extra_weight": cfg.data.extra_weight,
+        "counts": {"pairs": len(data.pairs), "cv": int(m.sum()), "holdout": int(split.hold.sum()),
+                   "extra": len(data.extra), "extra_used_refit": refit["extra_used"],
+                   "dropped_invalid": data.dropped},
+        "headline": {
+            "oof_log_loss": oof_metrics["log_loss"],
+            "oof_log_loss_std": summary.get("log_loss", {}).get("std"),
+            "oof_accuracy": oof_metrics["accuracy"],
+            "oof_accuracy_std": summary.get("accuracy", {}).get("std"),
+            "holdout_log_loss": holdout["raw"]["log_loss"] if holdout else None,
+            "holdout_accuracy": holdout["raw"]["accuracy"] if holdout else None,
+            "holdout_log_loss_calibrated": (holdout.get("calibrated", {}).get("log_loss")
+                                            if holdout else None),
+            "prior_oof_log_loss": prior_oof["log_loss"],
+        },
+        "cv": {"n_folds": len(cv.per_fold), "per_fold": cv.per_fold, "summary": summary, "oof": oof_metrics},
+        "holdout": holdout,
+        "prior": {"oof": prior_oof, "holdout": prior_hold},
+        "calibration": calibrator.to_dict() if calibrator else None,
+        "refit": {"n_estimators": refit["n_estimators"], "n_train": refit["n_train"]},
+        "swap_consistency": hold.swap,
+        "segments": segment_metrics(cv_pairs, cv.oof[m]).to_dict(orient="records"),
+        "segments_on": "out-of-fold",
+        "top_features": _top_features(final),
+        "top_features_importance": IMPORTANCE_TYPE,
+        "data": pairs_summary(data.pairs),
+    }
+
+
+def _plots(work: Path, name: str, metrics: dict[str, Any], split: _Split, cv: _CV, hold: _Holdout) -> None:
+    """``model_comparison.png``, ``reliability.png`` and ``confusion.png`` (holdout; OOF without a holdout)."""
+    from prefpred.plots import plot_confusion, plot_model_comparison, plot_reliability
+
+    def point(m: dict[str, Any]) -> dict[str, Any]:
+        return {"accuracy": m["accuracy"], "log_loss": m["log_loss"]}
+
+    summary, prior, holdout = metrics["cv"]["summary"], metrics["prior"], metrics["holdout"]
+    comparison = {"prior OOF": point(prior["oof"]),
+                  "model OOF": {**point(metrics["cv"]["oof"]), "accuracy_std": summary.get("accuracy", {}).get("std"),
+                                "log_loss_std": summary.get("log_loss", {}).get("std")}}
+    if holdout:
+        comparison["prior holdout"] = point(prior["holdout"])
+        comparison["model holdout"] = point(holdout["raw"])
+        if "calibrated" in holdout:
+            comparison["model holdout (calibrated)"] = point(holdout["calibrated"])
+    plot_model_comparison(comparison, work / "model_comparison.png", title=f"Run {name}")
+    y, m = split.y, split.cv_mask
+    if hold.pairs:
+        calibrated = metrics["calibration"] is not None
+        rel_sets = {"holdout raw": hold.raw, **({"holdout calibrated": hold.final} if calibrated else {})}
+        plot_reliability(y[split.hold], rel_sets, work / "reliability.png")
+        plot_confusion(y[split.hold], hold.final, work / "confusion.png",
+                       title=f"Holdout confusion (n={len(hold.pairs)})")
+    else:
+        plot_reliability(y[m], {"OOF": cv.oof[m]}, work / "reliability.png")
+        plot_confusion(y[m], cv.oof[m], work / "confusion.png", title=f"Out-of-fold confusion (n={int(m.sum())})")
 
 
 # ---------------------------------------------------------------------------------------------- reuse
@@ -317,7 +357,7 @@ def align_predictions(pred_path: str | Path, pairs: Sequence[Pair]) -> tuple[np.
     if missing:
         raise DataError(f"{len(missing)} of {len(pairs)} pair(s) have no prediction (e.g. id {missing[0]!r})",
                         path=str(pred_path))
-    _validate(list(pairs), "evaluation data")
+    check_labelled(list(pairs), "evaluation data", purpose="evaluation")
     unused = len(ids) - len(pairs)
     if unused > 0:
         logger.warning("%s: %d prediction(s) for ids not in the data are ignored", pred_path, unused)

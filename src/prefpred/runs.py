@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from prefpred.types import Pair, UserError
+from prefpred.types import ConfigError, Pair, UserError
 from prefpred.utils import atomic_write_text, json_safe, umask_mode
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,14 @@ def _cleanup_leftovers(parent: Path, name: str) -> None:
             logger.info("removed leftover %s of an interrupted run", tmp)
 
 
+def check_run_name(name: str) -> str:
+    """Raise :class:`~prefpred.types.ConfigError` (one line) unless ``name`` is a plain, visible folder name."""
+    if (not name or not name.strip() or name in {".", ".."} or "/" in name or os.sep in name
+            or name.startswith(".")):
+        raise ConfigError(f"run name must be a plain folder name, got {name!r}")
+    return name
+
+
 def check_run_target(run_dir: str | Path, *, force: bool) -> Path:
     """Raise :class:`FileExistsError` (one line) when ``run_dir`` exists, is not empty and ``force`` is off."""
     run_dir = Path(run_dir)
@@ -105,8 +113,7 @@ def new_run_dir(out_dir: str | Path, name: str, *, force: bool = False) -> Itera
     Refuses (before anything is written) when ``<out_dir>/<name>`` exists and is not empty, unless ``force``.
     An exception inside the block removes the temporary folder and leaves any existing run untouched.
     """
-    if not name or name in {".", ".."} or "/" in name or os.sep in name or name.startswith("."):
-        raise UserError(f"run name must be a plain folder name, got {name!r}")
+    check_run_name(name)
     parent = Path(out_dir)
     parent.mkdir(parents=True, exist_ok=True)
     _cleanup_leftovers(parent, name)

@@ -13,19 +13,21 @@ every run directory, where ``group`` is a short hash of the normalized prompt (t
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 from sklearn.model_selection import StratifiedGroupKFold
 
-from prefpred.types import ConfigError, DataError, Pair
+from prefpred.config import config_dataclass
+from prefpred.types import DataError, Pair
 from prefpred.utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -37,26 +39,16 @@ GROUP_BY_CHOICES = ("prompt", "none")
 _UNLABELLED = 3  # stratum of pairs without a label
 
 
-@dataclasses.dataclass
+@config_dataclass
 class SplitConfig:
     """How pairs are split into cross-validation folds and a holdout."""
 
-    n_folds: int = 5
+    n_folds: Annotated[int, Field(ge=2)] = 5
     """Number K of grouped, stratified cross-validation folds (at least 2)."""
-    holdout_fraction: float = 0.2
+    holdout_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     """Fraction of rows (whole groups) set aside as a final holdout before the folds; 0 disables it."""
-    group_by: str = "prompt"
+    group_by: Literal[GROUP_BY_CHOICES] = "prompt"
     """``prompt``: pairs with the same normalized first user message share a group; ``none``: no grouping."""
-
-    def __post_init__(self) -> None:
-        if self.n_folds < 2:
-            raise ConfigError(f"split.n_folds must be at least 2, got {self.n_folds}")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ConfigError(f"split.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
-        if self.group_by not in GROUP_BY_CHOICES:
-            raise ConfigError(
-                f"split.group_by must be one of {list(GROUP_BY_CHOICES)}, got {self.group_by!r}"
-            )
 
 
 _WS = re.compile(r"\s+")

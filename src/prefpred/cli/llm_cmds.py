@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
 from prefpred.cli.app import app
 
-
 # ---------------------------------------------------------------------------------------------- train
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    """``["training.learning_rate=1e-4"]`` -> dotted overrides (values read as YAML scalars)."""
-    import yaml
-
-    from prefpred.types import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. training.learning_rate=1e-4), got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else value
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
+TRAIN_OPTION_KEYS = {
+    "model": "model.name_or_path", "data": "data.path", "out": "out_dir", "name": "name",
+    "max_steps": "training.max_steps", "method": "model.method", "head": "model.head", "seed": "seed",
+    "limit": "data.limit", "device": "model.device", "extra_data": "data.extra_path",
+    "extra_weight": "data.extra_weight",
+}
+"""``prefpred train`` option -> the ``TrainConfig`` key it sets (its help's choices and defaults are tested)."""
 
 
 @app.command("train")
@@ -54,23 +42,18 @@ def train_cmd(
     An interrupted run started again with the same --name resumes from its last checkpoint. Several GPUs:
     accelerate launch --config_file configs/accelerate/ddp.yaml -m prefpred train --config ...
     """
+    options = dict(locals())  # the option values, before any other local exists
     import json
     from pathlib import Path
 
     from rich.console import Console
     from rich.table import Table
 
-    from prefpred.config import load_config
+    from prefpred.config import load_config, option_overrides, parse_set
     from prefpred.training.job import TrainConfig, train_job
     from prefpred.training_analysis import describe
 
-    values: dict[str, Any] = {
-        "model.name_or_path": model, "data.path": data, "out_dir": out, "name": name,
-        "training.max_steps": max_steps, "model.method": method, "model.head": head, "seed": seed,
-        "data.limit": limit, "model.device": device, "data.extra_path": extra_data,
-        "data.extra_weight": extra_weight, "overwrite": True if force else None,
-    }
-    values.update(_parse_set(overrides))
+    values = {**option_overrides(TRAIN_OPTION_KEYS, options, force), **parse_set(overrides)}
     cfg = load_config(TrainConfig, config, values)
     run_dir = train_job(cfg)
     metrics_path = Path(run_dir) / "metrics.json"
@@ -95,6 +78,14 @@ def train_cmd(
 
 
 # ---------------------------------------------------------------------------------------------- experiment
+EXPERIMENT_OPTION_KEYS = {
+    "model": "model.name_or_path", "data": "data.path", "out": "out_dir", "max_steps": "training.max_steps",
+    "name": "name", "seed": "seed", "limit": "data.limit", "method": "model.method", "device": "model.device",
+    "cpu_baseline": "run_cpu_baseline",
+}
+"""``prefpred experiment`` option -> the ``ExperimentConfig`` key it sets (tested like ``train``'s)."""
+
+
 @app.command("experiment")
 def experiment_cmd(
     config: str | None = typer.Option(None, "--config", help="YAML experiment config (configs/experiment-*.yaml)."),
@@ -115,20 +106,17 @@ def experiment_cmd(
 ) -> None:
     """The study end to end: split, base model zero-shot, LoRA/QLoRA fine-tune, fine-tuned model, CPU model,
     side by side with confidence intervals (report.md, model_comparison.png)."""
+    options = dict(locals())  # the option values, before any other local exists
     import json
     from pathlib import Path
 
     from rich.console import Console
 
-    from prefpred.config import load_config
-    from prefpred.experiment import ExperimentConfig, parse_set_options, results_table, run_experiment
+    from prefpred.config import load_config, option_overrides, parse_set
+    from prefpred.experiment import ExperimentConfig, run_experiment
+    from prefpred.report.experiment import results_table
 
-    values: dict[str, object] = {
-        "model.name_or_path": model, "data.path": data, "out_dir": out, "training.max_steps": max_steps,
-        "name": name, "seed": seed, "data.limit": limit, "model.method": method, "model.device": device,
-        "run_cpu_baseline": cpu_baseline, "overwrite": True if force else None,
-    }
-    values.update(parse_set_options(overrides))
+    values = {**option_overrides(EXPERIMENT_OPTION_KEYS, options, force), **parse_set(overrides)}
     cfg = load_config(ExperimentConfig, config, values)
     run_dir = run_experiment(cfg)
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prefpred.cli.app import app
-from prefpred.report import fmt
+from prefpred.report.fmt import fmt
 
 console = Console()
 
@@ -45,6 +45,15 @@ def _results_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+RUN_OPTION_KEYS = {
+    "data": "data.path", "out": "out_dir", "name": "name", "embeddings": "model.embeddings", "seed": "seed",
+    "folds": "split.n_folds", "holdout": "split.holdout_fraction", "limit": "data.limit",
+    "extra_data": "data.extra_path", "extra_weight": "data.extra_weight", "skip_invalid": "data.skip_invalid",
+    "calibrate": "calibrate",
+}
+"""``prefpred run`` option -> the ``RunConfig`` key it sets (the defaults its help names are tested against it)."""
+
+
 @app.command("run")
 def run_cmd(
     data: str | None = typer.Option(None, "--data", help="Training data file or folder (default: config or hub)."),
@@ -67,16 +76,11 @@ def run_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name."),
 ) -> None:
     """Cross-validate the CPU model, score OOF and holdout, refit, and write a run directory."""
-    from prefpred.config import load_config
+    options = dict(locals())  # the option values, before any other local exists
+    from prefpred.config import load_config, option_overrides
     from prefpred.pipeline import RunConfig, run_job
 
-    overrides = {
-        "data.path": data, "out_dir": out, "name": name, "model.embeddings": embeddings, "seed": seed,
-        "split.n_folds": folds, "split.holdout_fraction": holdout, "data.limit": limit,
-        "data.extra_path": extra_data, "data.extra_weight": extra_weight, "data.skip_invalid": skip_invalid,
-        "calibrate": calibrate, "overwrite": True if force else None,
-    }
-    cfg = load_config(RunConfig, config, overrides)
+    cfg = load_config(RunConfig, config, option_overrides(RUN_OPTION_KEYS, options, force))
     run_dir = run_job(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     console.print(_results_table(metrics))

@@ -14,21 +14,21 @@ Two layers:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import lightgbm as lgb
 import numpy as np
+from pydantic import Field
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from prefpred.config import from_dict, to_dict
+from prefpred.config import Device, NonNegativeInt, PositiveInt, config_dataclass, from_dict, to_dict
 from prefpred.features import PairFeaturizer
 from prefpred.models.base import PreferenceModel, register_model
 from prefpred.types import LABELS, DataError, Pair, label_matrix
@@ -41,27 +41,27 @@ _ROWS_PER_THREAD = 20_000
 STATE_FILE = "cpu_model.json"
 
 
-@dataclasses.dataclass
+@config_dataclass
 class CPUModelConfig:
     """LightGBM and feature settings of the CPU model (defaults tuned for small, noisy data)."""
 
-    n_estimators: int = 200
+    n_estimators: PositiveInt = 200
     """Maximum number of boosting rounds (exactly this many without an eval set / early stopping). The
     default suits a few thousand pairs; raise it for more data (with ``eval_pairs`` early stopping picks the
     count)."""
-    learning_rate: float = 0.02
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.02
     """Shrinkage per round."""
-    num_leaves: int = 8
+    num_leaves: Annotated[int, Field(ge=2)] = 8
     """Maximum leaves per tree."""
     max_depth: int = 4
     """Maximum tree depth (-1 = unlimited)."""
     min_child_samples: int = 40
     """Minimum rows in a leaf (counts swap-augmented rows too)."""
-    subsample: float = 0.8
+    subsample: Annotated[float, Field(gt=0, le=1)] = 0.8
     """Row fraction sampled for each tree (bagging)."""
     subsample_freq: int = 1
     """Re-sample rows every this many rounds (0 = no bagging)."""
-    colsample_bytree: float = 0.5
+    colsample_bytree: Annotated[float, Field(gt=0, le=1)] = 0.5
     """Feature fraction sampled for each tree."""
     reg_lambda: float = 5.0
     """L2 regularisation of leaf values."""
@@ -69,7 +69,7 @@ class CPUModelConfig:
     """L1 regularisation of leaf values."""
     min_split_gain: float = 0.0
     """Minimum loss reduction to make a split."""
-    early_stopping_rounds: int = 100
+    early_stopping_rounds: NonNegativeInt = 100
     """Stop when the eval loss has not improved for this many rounds (0 = off); needs ``eval_pairs``."""
     swap_augment: bool = True
     """Train on each pair and its A/B swap (label swapped)."""
@@ -82,36 +82,18 @@ class CPUModelConfig:
     embedding_cache_dir: str | None = None
     """Embedding cache folder; default ``$PREFPRED_CACHE_DIR/embeddings``, else
     ``~/.cache/prefpred/embeddings``."""
-    embedding_dims: int = 16
+    embedding_dims: NonNegativeInt = 16
     """PCA components of ``emb_A - emb_B`` used as features."""
-    embedding_device: str = "auto"
+    embedding_device: Device = "auto"
     """Device of the sentence encoder: ``auto`` (GPU when available), ``cpu``, ``cuda``, ``mps``..."""
     embedding_batch_size: int = 64
     """Sentence-encoder batch size."""
-    n_jobs: int = 2
+    n_jobs: PositiveInt = 2
     """At most this many LightGBM threads (one per 20k training rows: on small data extra OpenMP threads only
     cost time)."""
-    feature_jobs: int = 1
+    feature_jobs: PositiveInt = 1
     """Worker processes featurizing inputs of more than 8,192 pairs (1 = in process; worth raising only on
     machines with idle cores)."""
-
-    def __post_init__(self) -> None:
-        from prefpred.types import ConfigError
-
-        if self.n_estimators < 1:
-            raise ConfigError(f"model.n_estimators must be at least 1, got {self.n_estimators}")
-        if not 0 < self.learning_rate <= 1:
-            raise ConfigError(f"model.learning_rate must be in (0, 1], got {self.learning_rate}")
-        if self.num_leaves < 2:
-            raise ConfigError(f"model.num_leaves must be at least 2, got {self.num_leaves}")
-        for name in ("subsample", "colsample_bytree"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise ConfigError(f"model.{name} must be in (0, 1], got {value}")
-        if self.early_stopping_rounds < 0 or self.embedding_dims < 0:
-            raise ConfigError("model.early_stopping_rounds and model.embedding_dims must be >= 0")
-        if self.n_jobs < 1 or self.feature_jobs < 1:
-            raise ConfigError("model.n_jobs and model.feature_jobs must be >= 1")
 
 
 def _swap_label_map(classes: np.ndarray) -> dict[Any, Any]:
@@ -156,22 +138,22 @@ class LGBMPreferenceClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_estimators: int = 200,
-        learning_rate: float = 0.02,
-        num_leaves: int = 8,
+        n_estimators: PositiveInt = 200,
+        learning_rate: Annotated[float, Field(gt=0, le=1)] = 0.02,
+        num_leaves: Annotated[int, Field(ge=2)] = 8,
         max_depth: int = 4,
         min_child_samples: int = 40,
-        subsample: float = 0.8,
+        subsample: Annotated[float, Field(gt=0, le=1)] = 0.8,
         subsample_freq: int = 1,
-        colsample_bytree: float = 0.5,
+        colsample_bytree: Annotated[float, Field(gt=0, le=1)] = 0.5,
         reg_lambda: float = 5.0,
         reg_alpha: float = 0.0,
         min_split_gain: float = 0.0,
-        early_stopping_rounds: int = 100,
+        early_stopping_rounds: NonNegativeInt = 100,
         antisymmetric: np.ndarray | None = None,
         swap_augment: bool = True,
         swap_average: bool = True,
-        n_jobs: int = 2,
+        n_jobs: PositiveInt = 2,
         random_state: int | None = 0,
     ):
         self.n_estimators = n_estimators

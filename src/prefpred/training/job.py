@@ -15,38 +15,50 @@
    ``training_curves.png``, ``reliability.png``, ``confusion.png`` and ``report.md``.
 
 The run directory is written in place (so an interrupted run can resume); under ``accelerate launch`` every
-process trains and scores, and only the main process writes.
+process trains and scores, and only the main process writes. A run that failed before its first checkpoint
+leaves only files this job writes; the same command starts over in that folder (logged) instead of refusing.
+The steps are the shared ones of :mod:`prefpred.jobs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from prefpred.config import RunBase, save_config
+from prefpred.config import RunBase, config_dataclass
 from prefpred.inference import InferenceConfig
-from prefpred.report import fmt, plots_section
-from prefpred.runs import is_complete, mark_complete, write_metrics
+from prefpred.jobs import (
+    JobData,
+    _barrier,
+    _is_main,
+    check_classes,
+    finish_run,
+    leak_free_extra,
+    load_job_data,
+    prepare_in_place,
+    write_run_files,
+)
+from prefpred.report.llm import render_train_report  # noqa: F401 - re-exported (the renderer moved there)
 from prefpred.splits import HOLDOUT_FOLD, SplitConfig
 from prefpred.training.config import LLMModelConfig, TrainingConfig
-from prefpred.types import ConfigError, DataError, Pair
-from prefpred.utils import atomic_write_text
+from prefpred.types import ConfigError, Pair
 
 logger = logging.getLogger(__name__)
 
 RUN_FILES = ("config.yaml", "splits.csv", "metrics.jsonl", "metrics.json", "validation.csv", "holdout.csv",
              "training_curves.png", "reliability.png", "confusion.png", "report.md", "model/")
 
+prepare_run_dir = prepare_in_place
+"""The in-place run folder step (:func:`prefpred.jobs.prepare_in_place`), under its old name."""
 
-@dataclasses.dataclass
+
+@config_dataclass
 class TrainConfig(RunBase):
     """Everything ``prefpred train`` needs; saved, resolved, as ``config.yaml`` in the run directory."""
 
@@ -68,36 +80,8 @@ class TrainConfig(RunBase):
     """Replace an existing finished run directory of the same name."""
 
     def __post_init__(self) -> None:
-        if self.name is not None and (not self.name.strip() or "/" in self.name or self.name in {".", ".."}):
-            raise ConfigError(f"name must be a plain folder name, got {self.name!r}")
         if not 0 <= self.validation_fold < self.split.n_folds:
             raise ConfigError(f"validation_fold must be in [0, {self.split.n_folds}), got {self.validation_fold}")
-
-
-def _is_main() -> bool:
-    from prefpred.models.llm import _is_main_process
-
-    return _is_main_process()
-
-
-def _barrier() -> None:
-    try:
-        from accelerate import PartialState
-
-        state = PartialState()
-        if state.num_processes > 1:
-            state.wait_for_everyone()
-    except Exception:  # noqa: BLE001 - single process
-        pass
-
-
-def _validate(pairs: list[Pair], where: str) -> None:
-    if not pairs:
-        raise DataError("no pairs to train on", path=where)
-    missing = [p for p in pairs if p.label is None]
-    if missing:
-        raise DataError(f"{len(missing)} row(s) have no label (first: id {missing[0].id!r}); training needs "
-                        "labelled data", path=where)
 
 
 def aligned_inference(model: LLMModelConfig, inference: InferenceConfig) -> InferenceConfig:
@@ -107,94 +91,80 @@ def aligned_inference(model: LLMModelConfig, inference: InferenceConfig) -> Infe
     return inference
 
 
-def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> bool:
-    """Check/clear ``run_dir`` of a fine-tuning run; returns whether an unfinished run will be resumed.
+@dataclasses.dataclass
+class _Split:
+    table: Any
+    train: list[Pair]
+    val: list[Pair]
+    hold: list[Pair]
+    extra_used: list[Pair]
 
-    Empty or missing: start fresh. ``overwrite``: remove it (main process only). Unfinished with a checkpoint
-    and ``resume``: resume. Anything else is an error naming the way out.
-    """
-    from prefpred.training.trainer import CHECKPOINT_DIR, last_checkpoint
 
-    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
-        return False
-    if not run_dir.is_dir():
-        raise FileExistsError(f"{run_dir} exists and is not a directory")
-    finished = is_complete(run_dir) or (run_dir / "metrics.json").is_file()
-    resumable = last_checkpoint(run_dir / CHECKPOINT_DIR) is not None
-    if overwrite:
-        _barrier()
-        if _is_main():
-            shutil.rmtree(run_dir)
-        _barrier()
-        return False
-    if resumable and not finished and resume:
-        return True
-    raise FileExistsError(f"{run_dir} exists (use --force or another --name"
-                          + (")" if finished or not resumable else "; set training.resume to continue it)"))
+def _split(cfg: TrainConfig, data: JobData) -> _Split:
+    """Holdout + folds grouped by prompt; fold ``validation_fold`` validates; leak-free extra pairs train."""
+    from prefpred.splits import make_splits
+
+    table = make_splits(data.pairs, cfg.split, cfg.seed)
+    folds = table["fold"].to_numpy(dtype=int)
+    hold, val = folds == HOLDOUT_FOLD, folds == cfg.validation_fold
+    train = [data.pairs[i] for i in np.flatnonzero(~hold & ~val)]
+    check_classes(train, data.where, part="the training folds")
+    val_pairs = [data.pairs[i] for i in np.flatnonzero(val)]
+    hold_pairs = [data.pairs[i] for i in np.flatnonzero(hold)]
+    return _Split(table=table, train=train, val=val_pairs, hold=hold_pairs,
+                  extra_used=leak_free_extra(data.extra, val_pairs + hold_pairs))
 
 
 def train_job(cfg: TrainConfig) -> Path:
     """Fine-tune, evaluate and write the run directory (see the module docstring); returns its path."""
-    from prefpred.data import load_data, load_extra
-    from prefpred.metrics import compute_metrics, prior_proba
     from prefpred.models.llm import LLMPreferenceModel
-    from prefpred.splits import make_splits, normalize_prompt, save_splits
-    from prefpred.types import label_matrix
     from prefpred.utils import set_seed
 
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
     set_seed(cfg.seed)
-    name = cfg.run_name("llm")
-    cfg = dataclasses.replace(cfg, name=name, inference=aligned_inference(cfg.model, cfg.inference))
-    run_dir = Path(cfg.out_dir) / name
-    resuming = prepare_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.training.resume)
-    main = _is_main()
+    cfg = dataclasses.replace(cfg, name=cfg.run_name("llm"), inference=aligned_inference(cfg.model, cfg.inference))
+    run_dir = Path(cfg.out_dir) / cfg.name
+    resuming = prepare_in_place(run_dir, overwrite=cfg.overwrite, resume=cfg.training.resume)
 
-    # 1. data ------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    loaded = load_data(cfg.data, seed=cfg.seed)
-    pairs = list(loaded.pairs)
-    where = str(loaded.path or cfg.data.path or cfg.data.hub_dataset)
-    _validate(pairs, where)
-    extra = load_extra(cfg.data, seed=cfg.seed)
+    data = load_job_data(cfg.data, seed=cfg.seed)
     timing["load_s"] = time.perf_counter() - t0
-
-    # 2. splits ----------------------------------------------------------------------------------------
-    splits = make_splits(pairs, cfg.split, cfg.seed)
-    folds = splits["fold"].to_numpy(dtype=int)
-    hold = folds == HOLDOUT_FOLD
-    val = folds == cfg.validation_fold
-    train_idx = np.flatnonzero(~hold & ~val)
-    train_pairs = [pairs[i] for i in train_idx]
-    val_pairs = [pairs[i] for i in np.flatnonzero(val)]
-    hold_pairs = [pairs[i] for i in np.flatnonzero(hold)]
-    excluded = {normalize_prompt(p.prompt) for p in val_pairs + hold_pairs}
-    extra_used = [e for e in extra if normalize_prompt(e.prompt) not in excluded]
-    if len(extra_used) < len(extra):
-        logger.info("left out %d extra pair(s) whose prompt is a validation/holdout prompt",
-                    len(extra) - len(extra_used))
-    logger.info("%d training pairs (+%d extra), %d validation, %d holdout%s", len(train_pairs), len(extra_used),
-                len(val_pairs), len(hold_pairs), " (resuming)" if resuming else "")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        save_splits(splits, run_dir / "splits.csv")
+    split = _split(cfg, data)
+    logger.info("%d training pairs (+%d extra), %d validation, %d holdout%s", len(split.train),
+                len(split.extra_used), len(split.val), len(split.hold), " (resuming)" if resuming else "")
+    if _is_main():
+        write_run_files(run_dir, cfg, split.table)
     _barrier()
 
-    # 3. fine-tune -------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     model = LLMPreferenceModel(cfg.model, cfg.training, seed=cfg.seed, inference=cfg.inference)
-    model.fit(train_pairs + extra_used, eval_pairs=val_pairs or None, output_dir=run_dir)
+    model.fit(split.train + split.extra_used, eval_pairs=split.val or None, output_dir=run_dir)
     timing["train_s"] = time.perf_counter() - t0
     model.save(run_dir / "model")
-
-    # 4. score -----------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    y_train = label_matrix(train_pairs)
+    results, probas = _score(model, split)
+    timing["score_s"] = time.perf_counter() - t0
+    if not _is_main():
+        return run_dir
+
+    _write_predictions_and_plots(run_dir, cfg.name, model.history_, probas)
+    timing["total_s"] = time.perf_counter() - t_start
+    metrics = _metrics(cfg, data, split, model, results, timing)
+    finish_run(run_dir, metrics, kind="llm", in_place=True, drop_checkpoints=not cfg.keep_checkpoints)
+    logger.info("run written to %s (%.1f s)", run_dir, timing["total_s"])
+    return run_dir
+
+
+def _score(model: Any, split: _Split) -> tuple[dict[str, Any], dict[str, tuple[list[Pair], np.ndarray]]]:
+    """Metrics of the model and of the training class prior on the validation and holdout pairs."""
+    from prefpred.metrics import compute_metrics, prior_proba
+    from prefpred.types import label_matrix
+
+    y_train = label_matrix(split.train)
     results: dict[str, Any] = {}
     probas: dict[str, tuple[list[Pair], np.ndarray]] = {}
-    for part, part_pairs in (("validation", val_pairs), ("holdout", hold_pairs)):
+    for part, part_pairs in (("validation", split.val), ("holdout", split.hold)):
         if not part_pairs:
             results[part] = None
             continue
@@ -203,19 +173,20 @@ def train_job(cfg: TrainConfig) -> Path:
         probas[part] = (part_pairs, proba)
         results[part] = {"model": compute_metrics(y, proba),
                          "prior": compute_metrics(y, prior_proba(y_train, len(part_pairs)))}
-    timing["score_s"] = time.perf_counter() - t0
-    if not main:
-        return run_dir
+    return results, probas
 
-    # 5. write -----------------------------------------------------------------------------------------
+
+def _write_predictions_and_plots(run_dir: Path, name: str, history: Any,
+                                 probas: dict[str, tuple[list[Pair], np.ndarray]]) -> None:
+    """``validation.csv``/``holdout.csv``, the training curves, and reliability/confusion of the honest part."""
     from prefpred.plots import plot_confusion, plot_reliability
     from prefpred.submission import write_predictions
-    from prefpred.training_analysis import analyze, plot_training_curves
+    from prefpred.training_analysis import plot_training_curves
+    from prefpred.types import label_matrix
 
     for part, (part_pairs, proba) in probas.items():
         write_predictions([p.id for p in part_pairs], proba, run_dir / f"{part}.csv",
                           labels=label_matrix(part_pairs))
-    history = model.history_
     plot_training_curves(history, run_dir / "training_curves.png", title=f"Run {name}")
     shown = "holdout" if "holdout" in probas else "validation" if "validation" in probas else None
     if shown:
@@ -223,10 +194,16 @@ def train_job(cfg: TrainConfig) -> Path:
         y = label_matrix(part_pairs)
         plot_reliability(y, {shown: proba}, run_dir / "reliability.png")
         plot_confusion(y, proba, run_dir / "confusion.png", title=f"{shown.capitalize()} confusion (n={len(y)})")
+
+
+def _metrics(cfg: TrainConfig, data: JobData, split: _Split, model: Any, results: dict[str, Any],
+             timing: dict[str, float]) -> dict[str, Any]:
+    """The run's ``metrics.json`` content."""
+    from prefpred.training_analysis import analyze
+
     res = model.training_result_
-    timing["total_s"] = time.perf_counter() - t_start
-    metrics: dict[str, Any] = {
-        "name": name,
+    return {
+        "name": cfg.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": cfg.seed,
         "model_kind": model.kind,
@@ -234,11 +211,11 @@ def train_job(cfg: TrainConfig) -> Path:
         "head": cfg.model.head,
         "method": cfg.model.method,
         "style": cfg.model.style_name,
-        "data_path": loaded.path or cfg.data.path,
+        "data_path": data.data_path,
         "extra_path": cfg.data.extra_path,
         "extra_weight": cfg.data.extra_weight,
-        "counts": {"pairs": len(pairs), "train": len(train_pairs), "validation": len(val_pairs),
-                   "holdout": len(hold_pairs), "extra": len(extra), "extra_used": len(extra_used)},
+        "counts": {"pairs": len(data.pairs), "train": len(split.train), "validation": len(split.val),
+                   "holdout": len(split.hold), "extra": len(data.extra), "extra_used": len(split.extra_used)},
         "headline": {
             "holdout_log_loss": (results["holdout"] or {}).get("model", {}).get("log_loss"),
             "holdout_accuracy": (results["holdout"] or {}).get("model", {}).get("accuracy"),
@@ -250,60 +227,7 @@ def train_job(cfg: TrainConfig) -> Path:
         "training": {
             "global_step": res.global_step, "best_step": res.best_step, "best_eval_loss": res.best_eval_loss,
             "resumed_from_step": res.resumed_from_step, "stopped_early": res.stopped_early,
-            "train_runtime_s": res.train_runtime_s, "analysis": analyze(history),
+            "train_runtime_s": res.train_runtime_s, "analysis": analyze(model.history_),
         },
         "timing": timing,
     }
-    write_metrics(run_dir, metrics, kind="llm")
-    plots = sorted(p.name for p in run_dir.glob("*.png"))
-    atomic_write_text(run_dir / "report.md", render_train_report(metrics, plots))
-    if not cfg.keep_checkpoints:
-        from prefpred.training.trainer import CHECKPOINT_DIR
-
-        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-    mark_complete(run_dir)
-    logger.info("run written to %s (%.1f s)", run_dir, timing["total_s"])
-    return run_dir
-
-
-
-
-
-def render_train_report(metrics: dict[str, Any], plots: Sequence[str] = ()) -> str:
-    """Markdown ``report.md`` of an LLM training run from its ``metrics.json`` content."""
-    from prefpred.training_analysis import describe
-
-    m = metrics
-    c = m.get("counts", {})
-    lines = [f"# prefpred LLM run `{m.get('name')}`", "",
-             f"Created {m.get('created')} · seed {m.get('seed')} · `{m.get('base_model')}` · head "
-             f"`{m.get('head')}` · method `{m.get('method')}` · prompt style `{m.get('style')}` · total time "
-             f"{fmt(m.get('timing', {}).get('total_s'), 1)} s", "",
-             f"Data: `{m.get('data_path') or 'hub dataset'}` — {c.get('pairs')} labelled pairs: {c.get('train')} "
-             f"training, {c.get('validation')} validation (early stopping, best checkpoint), {c.get('holdout')} "
-             "holdout (never trained or early-stopped on)"
-             + (f", plus {c.get('extra_used')} extra training pairs (weight {m.get('extra_weight')})"
-                if c.get("extra_used") else "") + ".", "", "## Results", "",
-             "| predictions | log loss | accuracy | Brier | ECE | n |", "|---|---|---|---|---|---|"]
-    for part in ("validation", "holdout"):
-        r = m.get(part)
-        if not r:
-            continue
-        for who in ("prior", "model"):
-            x = r[who]
-            label = f"{'class prior' if who == 'prior' else 'model'}, {part}"
-            lines.append(f"| {label} | {fmt(x['log_loss'])} | {fmt(x['accuracy'], 3)} | {fmt(x['brier'])} | "
-                         f"{fmt(x['ece'])} | {x['n']} |")
-    lines += ["", "The holdout number is the honest one: validation pairs chose the best checkpoint.", ""]
-    t = m.get("training", {})
-    lines += ["## Training", "",
-              f"{t.get('global_step')} optimizer steps; best eval loss {fmt(t.get('best_eval_loss'))} at step "
-              f"{t.get('best_step')}" + (" (stopped early)" if t.get("stopped_early") else "")
-              + (f"; resumed from step {t['resumed_from_step']}" if t.get("resumed_from_step") else "") + ".", ""]
-    lines += [f"- {line}" for line in describe(t.get("analysis", {}))]
-    lines.append("")
-    lines += plots_section(plots)
-    lines += ["## Files", "", "`config.yaml` · `splits.csv` (id → fold, -1 = holdout) · `metrics.jsonl` (per "
-              "logged step) · `metrics.json` · `validation.csv` / `holdout.csv` (predictions) · `model/` "
-              "(adapter or weights + tokenizer + head)", ""]
-    return "\n".join(lines)
