@@ -75,20 +75,21 @@ class TrainConfig(RunBase):
 
 
 def _is_main() -> bool:
-    from prefpred.models.llm import _is_main_process
+    """Rank 0 or a lone process (from the launcher's environment: right before the process group exists)."""
+    from prefpred.training.trainer import process_rank
 
-    return _is_main_process()
+    return process_rank() == 0
 
 
 def _barrier() -> None:
-    try:
+    """Wait for every training process; the process group is set up as the Trainer will (gloo without CUDA)."""
+    from prefpred.training.trainer import world_size
+
+    if world_size() > 1:
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
-        if state.num_processes > 1:
-            state.wait_for_everyone()
-    except Exception:  # noqa: BLE001 - single process
-        pass
+        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
 
 
 def _validate(pairs: list[Pair], where: str) -> None:
@@ -149,6 +150,7 @@ def train_job(cfg: TrainConfig) -> Path:
     cfg = dataclasses.replace(cfg, name=name, inference=aligned_inference(cfg.model, cfg.inference))
     run_dir = Path(cfg.out_dir) / name
     resuming = prepare_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.training.resume)
+    _barrier()  # every process has checked the folder before the main one writes into it
     main = _is_main()
 
     # 1. data ------------------------------------------------------------------------------------------
@@ -250,7 +252,7 @@ def train_job(cfg: TrainConfig) -> Path:
         "training": {
             "global_step": res.global_step, "best_step": res.best_step, "best_eval_loss": res.best_eval_loss,
             "resumed_from_step": res.resumed_from_step, "stopped_early": res.stopped_early,
-            "train_runtime_s": res.train_runtime_s, "analysis": analyze(history),
+            "train_runtime_s": res.train_runtime_s, "world_size": res.world_size, "analysis": analyze(history),
         },
         "timing": timing,
     }
