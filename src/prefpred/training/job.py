@@ -81,15 +81,30 @@ def _is_main() -> bool:
     return process_rank() == 0
 
 
-def _barrier() -> None:
-    """Wait for every training process; the process group is set up as the Trainer will (gloo without CUDA)."""
+def _join_processes(device: str | None = None) -> None:
+    """Set up the process group of a multi-process run as the Trainer will: gloo for ``device`` cpu (default: when
+    there is no CUDA), NCCL on GPUs. No-op in a single process or once set up."""
     from prefpred.training.trainer import world_size
 
     if world_size() > 1:
         import torch
         from accelerate import PartialState
 
-        PartialState(cpu=not torch.cuda.is_available()).wait_for_everyone()
+        from prefpred.hf import resolve_device
+
+        cpu = resolve_device(device) == "cpu" if device else not torch.cuda.is_available()
+        PartialState(cpu=cpu)
+
+
+def _barrier() -> None:
+    """Wait for every training process (no-op in a single process)."""
+    from prefpred.training.trainer import world_size
+
+    if world_size() > 1:
+        from accelerate import PartialState
+
+        _join_processes()
+        PartialState().wait_for_everyone()
 
 
 def _validate(pairs: list[Pair], where: str) -> None:
@@ -149,6 +164,7 @@ def train_job(cfg: TrainConfig) -> Path:
     name = cfg.run_name("llm")
     cfg = dataclasses.replace(cfg, name=name, inference=aligned_inference(cfg.model, cfg.inference))
     run_dir = Path(cfg.out_dir) / name
+    _join_processes(cfg.model.device)
     resuming = prepare_run_dir(run_dir, overwrite=cfg.overwrite, resume=cfg.training.resume)
     _barrier()  # every process has checked the folder before the main one writes into it
     main = _is_main()
