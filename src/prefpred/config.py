@@ -34,6 +34,7 @@ import yaml
 from pydantic import AfterValidator, ConfigDict, Field
 
 from prefpred.types import ConfigError
+from prefpred.types import check_run_name as check_plain_name
 from prefpred.utils import atomic_write_text
 
 T = TypeVar("T")
@@ -112,11 +113,7 @@ def config_dataclass(cls: type[T]) -> type[T]:
 
 def check_run_name(name: str | None) -> str | None:
     """A run name must be a plain folder name (no ``/``, not ``.``/``..``, not hidden, not blank)."""
-    from prefpred.runs import check_run_name as _check
-
-    if name is not None:
-        _check(name)
-    return name
+    return name if name is None else check_plain_name(name)
 
 
 RunName = Annotated[str | None, AfterValidator(check_run_name)]

@@ -132,21 +132,37 @@ IN_PLACE_FILES = ("config.yaml", "splits.csv", "metrics.jsonl", "checkpoints")
 is the leftover of a failed start and is safe to start over in."""
 
 
-def _barrier() -> None:
-    try:
+def is_main() -> bool:
+    """Rank 0 or a lone process (from the launcher's environment: right before the process group exists)."""
+    from prefpred.training.trainer import process_rank
+
+    return process_rank() == 0
+
+
+def join_processes(device: str | None = None) -> None:
+    """Set up the process group of a multi-process run as the Trainer will: gloo for ``device`` cpu (default: when
+    there is no CUDA), NCCL on GPUs. No-op in a single process or once set up."""
+    from prefpred.training.trainer import world_size
+
+    if world_size() > 1:
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
-        if state.num_processes > 1:
-            state.wait_for_everyone()
-    except Exception:  # noqa: BLE001 - single process, or accelerate absent
-        pass
+        from prefpred.hf import resolve_device
+
+        cpu = resolve_device(device) == "cpu" if device else not torch.cuda.is_available()
+        PartialState(cpu=cpu)
 
 
-def _is_main() -> bool:
-    from prefpred.models.llm import _is_main_process
+def barrier() -> None:
+    """Wait for every training process (no-op in a single process)."""
+    from prefpred.training.trainer import world_size
 
-    return _is_main_process()
+    if world_size() > 1:
+        from accelerate import PartialState
+
+        join_processes()
+        PartialState().wait_for_everyone()
 
 
 def _failed_start(run_dir: Path) -> bool:
@@ -178,20 +194,20 @@ def prepare_in_place(run_dir: Path, *, overwrite: bool, resume: bool) -> bool:
     finished = is_complete(run_dir) or (run_dir / "metrics.json").is_file()
     resumable = last_checkpoint(run_dir / CHECKPOINT_DIR) is not None
     if overwrite:
-        _barrier()
-        if _is_main():
+        barrier()
+        if is_main():
             shutil.rmtree(run_dir)
-        _barrier()
+        barrier()
         return False
     if resumable and not finished and resume:
         return True
     if not finished and _failed_start(run_dir):
         logger.warning("%s holds only the files of a run that failed before its first checkpoint: starting over",
                        run_dir)
-        _barrier()
-        if _is_main():  # half-written checkpoint folders; the other files are rewritten from scratch
+        barrier()
+        if is_main():  # half-written checkpoint folders; the other files are rewritten from scratch
             shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-        _barrier()
+        barrier()
         return False
     raise FileExistsError(f"{run_dir} exists (use --force or another --name"
                           + (")" if finished or not resumable else "; set training.resume to continue it)"))

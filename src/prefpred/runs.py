@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from prefpred.types import ConfigError, Pair, UserError
+from prefpred.types import Pair, UserError, check_run_name
 from prefpred.utils import atomic_write_text, json_safe, umask_mode
 
 logger = logging.getLogger(__name__)
@@ -88,14 +88,6 @@ def _cleanup_leftovers(parent: Path, name: str) -> None:
         if tmp.is_dir() and not _owner_alive(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
             logger.info("removed leftover %s of an interrupted run", tmp)
-
-
-def check_run_name(name: str) -> str:
-    """Raise :class:`~prefpred.types.ConfigError` (one line) unless ``name`` is a plain, visible folder name."""
-    if (not name or not name.strip() or name in {".", ".."} or "/" in name or os.sep in name
-            or name.startswith(".")):
-        raise ConfigError(f"run name must be a plain folder name, got {name!r}")
-    return name
 
 
 def check_run_target(run_dir: str | Path, *, force: bool) -> Path:

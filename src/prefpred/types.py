@@ -149,3 +149,13 @@ def swap_proba(proba: np.ndarray) -> np.ndarray:
     """Exchange the A and B columns of an ``n x 3`` probability array."""
     proba = np.asarray(proba)
     return proba[:, [1, 0, 2]]
+
+
+def check_run_name(name: str) -> str:
+    """Raise :class:`ConfigError` (one line) unless ``name`` is a plain, visible folder name (a run's name)."""
+    import os
+
+    if (not name or not name.strip() or name in {".", ".."} or "/" in name or os.sep in name
+            or name.startswith(".")):
+        raise ConfigError(f"run name must be a plain folder name, got {name!r}")
+    return name

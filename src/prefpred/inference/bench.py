@@ -23,7 +23,7 @@ from dataclasses import asdict, replace
 import numpy as np
 
 from prefpred.inference.config import InferenceConfig
-from prefpred.inference.engine import score_pairs
+from prefpred.inference.dispatch import score_pairs
 from prefpred.types import Pair
 
 logger = logging.getLogger(__name__)

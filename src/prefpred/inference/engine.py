@@ -1,4 +1,7 @@
-"""The in-process (transformers) scoring engine: :class:`Scorer` and :func:`score_pairs`."""
+"""The in-process (transformers) scoring engine: :class:`Scorer`.
+
+A back-end: :func:`prefpred.inference.dispatch.score_pairs` picks it (or vLLM, or data-parallel workers);
+this module imports no other back-end."""
 
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ from prefpred.inference.batching import (
     encode_in_background,
     pack_batches,
 )
+from prefpred.inference.common import combine_swapped
 from prefpred.inference.config import HEADS, InferenceConfig, InferenceStats
-from prefpred.types import ConfigError, Pair, swap_proba
+from prefpred.types import ConfigError, Pair
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +57,6 @@ def _accepts(fn, name: str) -> bool:
     except (TypeError, ValueError):  # pragma: no cover
         return False
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def combine_swapped(direct: np.ndarray, swapped: np.ndarray | None) -> np.ndarray:
-    """Average the (A,B) probabilities with the (B,A) ones after exchanging their A/B columns."""
-    if swapped is None:
-        return direct
-    out = (direct + swap_proba(swapped)) / 2.0
-    return out / out.sum(axis=1, keepdims=True)
 
 
 class Scorer:
@@ -283,47 +279,3 @@ class _SeqProgress:
                 self.bar.update(len(b.index))
         finally:
             self.bar.close()
-
-
-def resolve_num_processes(n: int | str) -> int:
-    """``"auto"`` -> one per visible CUDA GPU (1 without GPUs); integers unchanged."""
-    if n == "auto":
-        import torch
-
-        return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
-    return int(n)
-
-
-def score_pairs(pairs: Sequence[Pair], model, tokenizer, style, *, head: str = "label-token",
-                label_token_ids=None, config: InferenceConfig | None = None,
-                stats: dict | None = None) -> np.ndarray:
-    """Score pairs: ``n x 3`` probabilities (a, b, tie) in input order, rows summing to 1.
-
-    ``head="label-token"``: ``model`` is a causal LM; the probabilities are the softmax over the next-token
-    logits of ``label_token_ids`` (default ``style.label_token_ids(tokenizer)``) at the last real position.
-    ``head="classifier"``: ``model`` is a 3-label sequence classifier; softmax over its logits. Text comes from
-    ``style.render(pair, tokenizer, max_tokens=config.max_length)``. ``stats``, when given, receives the
-    throughput numbers (:meth:`InferenceStats.to_dict`).
-
-    With ``config.engine == "vllm"``, ``model`` is a model name/path or a ``vllm.LLM`` (label-token head only).
-    With ``config.num_processes > 1`` the model is saved to a temporary folder and scored by one worker
-    process per device (:func:`prefpred.inference.parallel.score_pairs_parallel`).
-    """
-    config = config or InferenceConfig()
-    if config.engine == "vllm":
-        from prefpred.inference.vllm_engine import score_pairs_vllm
-
-        return score_pairs_vllm(pairs, model, style, tokenizer=tokenizer, head=head,
-                                label_token_ids=label_token_ids, config=config, stats=stats)
-    n_proc = resolve_num_processes(config.num_processes)
-    if n_proc > 1 and len(pairs) > 1:
-        from prefpred.inference.parallel import score_in_memory_model_parallel
-
-        return score_in_memory_model_parallel(pairs, model, tokenizer, style, head=head,
-                                              label_token_ids=label_token_ids, config=config,
-                                              num_processes=n_proc, stats=stats)
-    scorer = Scorer(model, tokenizer, style, head=head, label_token_ids=label_token_ids, config=config)
-    out = scorer.score(pairs)
-    if stats is not None and scorer.last_stats is not None:
-        stats.update(scorer.last_stats.to_dict())
-    return out

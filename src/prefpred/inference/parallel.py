@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prefpred.inference.common import resolve_num_processes
 from prefpred.inference.config import InferenceConfig, InferenceStats
 from prefpred.types import ConfigError, Pair
 
@@ -100,8 +101,6 @@ def score_pairs_parallel(pairs: Sequence[Pair], model_loader: str | Path | Calla
 
     Returns the same ``n x 3`` array as :func:`prefpred.inference.score_pairs`, in input order.
     """
-    from prefpred.inference.engine import resolve_num_processes
-
     config = config or InferenceConfig()
     n = resolve_num_processes(num_processes if num_processes is not None else config.num_processes)
     pairs = list(pairs)

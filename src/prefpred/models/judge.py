@@ -89,6 +89,7 @@ class ZeroShotJudge(PreferenceModel):
             setattr(self, k, v)
         self.__dict__.pop("_lm", None)
         self.__dict__.pop("_tok", None)
+        self.__dict__.pop("_vllm", None)
         return self
 
     @property
@@ -120,6 +121,14 @@ class ZeroShotJudge(PreferenceModel):
                                       load_in_4bit=self.load_in_4bit).eval()
         return self._lm
 
+    def load_vllm(self):
+        """The vLLM engine of the model (``engine="vllm"``): its ``vllm.LLM`` is built once, on first use."""
+        if getattr(self, "_vllm", None) is None:
+            from prefpred.inference.vllm_engine import VLLMEngine
+
+            self._vllm = VLLMEngine(self._model_path())
+        return self._vllm
+
     # ------------------------------------------------------------------------------------ interface
     def fit(self, pairs: Sequence[Pair], eval_pairs: Sequence[Pair] | None = None) -> ZeroShotJudge:
         """No training: a zero-shot judge only checks its prompt style and returns ``self``."""
@@ -149,7 +158,7 @@ class ZeroShotJudge(PreferenceModel):
                                  engine=self.engine)
         tok = self.load_tokenizer()
         label_ids = style.label_token_ids(tok)
-        model = self._model_path() if self.engine == "vllm" else self.load_lm()
+        model = self.load_vllm() if self.engine == "vllm" else self.load_lm()
         stats: dict = {}
         proba = score_pairs(pairs, model, tok, style, head="label-token", label_token_ids=label_ids,
                             config=config, stats=stats)

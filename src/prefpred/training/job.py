@@ -35,10 +35,11 @@ from prefpred.config import RunBase, config_dataclass
 from prefpred.inference import InferenceConfig
 from prefpred.jobs import (
     JobData,
-    _barrier,
-    _is_main,
+    barrier,
     check_classes,
     finish_run,
+    is_main,
+    join_processes,
     leak_free_extra,
     load_job_data,
     prepare_in_place,
@@ -125,7 +126,9 @@ def train_job(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed)
     cfg = dataclasses.replace(cfg, name=cfg.run_name("llm"), inference=aligned_inference(cfg.model, cfg.inference))
     run_dir = Path(cfg.out_dir) / cfg.name
+    join_processes(cfg.model.device)
     resuming = prepare_in_place(run_dir, overwrite=cfg.overwrite, resume=cfg.training.resume)
+    barrier()  # every process has checked the folder before the main one writes into it
 
     t0 = time.perf_counter()
     data = load_job_data(cfg.data, seed=cfg.seed)
@@ -133,9 +136,9 @@ def train_job(cfg: TrainConfig) -> Path:
     split = _split(cfg, data)
     logger.info("%d training pairs (+%d extra), %d validation, %d holdout%s", len(split.train),
                 len(split.extra_used), len(split.val), len(split.hold), " (resuming)" if resuming else "")
-    if _is_main():
+    if is_main():
         write_run_files(run_dir, cfg, split.table)
-    _barrier()
+    barrier()
 
     t0 = time.perf_counter()
     model = LLMPreferenceModel(cfg.model, cfg.training, seed=cfg.seed, inference=cfg.inference)
@@ -145,7 +148,7 @@ def train_job(cfg: TrainConfig) -> Path:
     t0 = time.perf_counter()
     results, probas = _score(model, split)
     timing["score_s"] = time.perf_counter() - t0
-    if not _is_main():
+    if not is_main():
         return run_dir
 
     _write_predictions_and_plots(run_dir, cfg.name, model.history_, probas)
@@ -227,7 +230,8 @@ def _metrics(cfg: TrainConfig, data: JobData, split: _Split, model: Any, results
         "training": {
             "global_step": res.global_step, "best_step": res.best_step, "best_eval_loss": res.best_eval_loss,
             "resumed_from_step": res.resumed_from_step, "stopped_early": res.stopped_early,
-            "train_runtime_s": res.train_runtime_s, "analysis": analyze(model.history_),
+            "train_runtime_s": res.train_runtime_s, "world_size": res.world_size,
+            "analysis": analyze(model.history_),
         },
         "timing": timing,
     }

@@ -12,8 +12,15 @@
 * AdamW with weight decay, warm-up, linear/cosine decay, gradient accumulation, clipping; checkpoints every
   ``save_steps`` (the best one by eval loss is kept and loaded at the end), early stopping on eval loss,
   resume from the last checkpoint of the output folder;
-* works under ``accelerate launch`` / ``torchrun`` (DDP) and DeepSpeed: only the main process writes
-  ``metrics.jsonl``; counters are summed across processes before they are logged.
+* works under ``torchrun`` and ``accelerate launch`` (DDP: NCCL on GPUs, gloo on CPU): only the main process
+  writes ``metrics.jsonl``; counters are summed across processes before they are logged. Each process takes
+  ``batch_size`` pairs per micro-batch, so the effective batch is ``batch_size x gradient_accumulation_steps x
+  world_size``. ``accelerate launch --cpu --num_processes N`` (N > 1) starts a single process unless run under
+  mpirun, so training stops with a :class:`~prefpred.types.ConfigError` saying what to run instead.
+
+Limits: DeepSpeed (``training.deepspeed``) has never run here (no GPU, no deepspeed package); its JSON files
+are checked against the Trainer's ``"auto"`` filling in the tests only. Multi-process training is tested on
+CPU (2 processes, gloo), never on several GPUs or machines.
 """
 
 from __future__ import annotations
@@ -214,6 +221,45 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------ setup
+RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+"""Where torchrun / accelerate (``RANK``, ``WORLD_SIZE``) and MPI launchers put a process's rank and count."""
+
+
+def _env_int(names: Sequence[str], default: int) -> int:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return default
+
+
+def process_rank() -> int:
+    """This process's global rank as its launcher set it (0 for a lone process); known before any process group
+    exists, unlike ``PartialState().process_index`` on CPU, which needs ``cpu=True`` to see the other ranks."""
+    return _env_int(RANK_VARS, 0)
+
+
+def world_size() -> int:
+    """Number of training processes as the launcher set it (1 for a lone process)."""
+    return _env_int(SIZE_VARS, 1)
+
+
+def check_launch() -> None:
+    """Refuse ``accelerate launch --cpu --num_processes N`` (N > 1), which starts one process, not N.
+
+    accelerate's ``--cpu`` launcher runs a single ``python`` unless given an MPI hostfile; it still sets
+    ``MASTER_ADDR`` for the N processes it did not start. A lone process would train on everything and look
+    like it worked, so this stops with the commands that do start N CPU processes.
+    """
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
+    if use_cpu and os.environ.get("MASTER_ADDR") and not any(os.environ.get(v) for v in RANK_VARS):
+        raise ConfigError("accelerate launch --cpu started 1 process, not --num_processes (accelerate needs "
+                          "mpirun for several CPU processes): drop --cpu and run `accelerate launch --config_file "
+                          "configs/accelerate/ddp.yaml --num_processes N -m prefpred train ... --device cpu`, or "
+                          "`torchrun --nproc_per_node N -m prefpred train ...`")
+
+
 def mixed_precision(model_cfg: LLMModelConfig) -> tuple[bool, bool]:
     """``(bf16, fp16)`` autocast flags: on CUDA per the model dtype (bf16 where supported); none on CPU/MPS."""
     import torch
@@ -232,8 +278,9 @@ def training_arguments(tcfg: TrainingConfig, model_cfg: LLMModelConfig, output_d
     """``TrainingArguments`` for a prefpred config (build it before loading the model for DeepSpeed ZeRO-3)."""
     from prefpred.hf import resolve_device
 
+    check_launch()
     device = resolve_device(model_cfg.device)
-    single_process = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    single_process = world_size() == 1
     if single_process and device.startswith("cuda") and device not in ("cuda", "cuda:0"):
         raise ConfigError(f"model.device={model_cfg.device!r}: a single training process uses the first visible "
                           f"GPU; pick one with CUDA_VISIBLE_DEVICES={device.split(':')[-1]} (several GPUs: "
@@ -321,6 +368,8 @@ class TrainingResult:
     resumed_from_step: int | None
     train_runtime_s: float | None
     stopped_early: bool
+    world_size: int = 1
+    """Training processes (data parallel); each optimizer step saw ``world_size`` micro-batches."""
 
 
 def last_checkpoint(directory: str | Path) -> str | None:
@@ -384,6 +433,7 @@ def run_training(model, tokenizer, style, train_pairs: Sequence[Pair], eval_pair
         resumed_from_step=metrics_cb.resumed_from_step,
         train_runtime_s=(out.metrics or {}).get("train_runtime") if out is not None else None,
         stopped_early=bool(max_steps and state.global_step < max_steps),
+        world_size=int(trainer.args.world_size),
     )
     return trainer.model, result
 
