@@ -48,6 +48,18 @@ def umask_mode(mode: int = 0o666) -> int:
 
 
 @contextlib.contextmanager
+def naming_path(path: str | Path) -> Iterator[None]:
+    """Give ``path`` to any :class:`OSError` raised inside that names no file (a write failing with ENOSPC
+    names none), so the CLI's one-line error says where it happened."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path, *, force: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
@@ -63,8 +75,9 @@ def atomic_path(path: str | Path, *, force: bool = True) -> Iterator[Path]:
     tmp_path = Path(tmp)
     os.chmod(tmp_path, umask_mode(0o666))  # mkstemp makes 0600; outputs follow the umask like any file
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with naming_path(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

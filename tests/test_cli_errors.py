@@ -1,0 +1,164 @@
+"""Environment faults reach the user as one line on stderr with exit code 2, never a traceback.
+
+Tests run as root, where ``chmod`` does not stop writes, so read-only and full disks are made for real with a
+tiny tmpfs mount where the machine allows it (``mount`` needs root and CAP_SYS_ADMIN), and simulated at the
+``os.replace`` boundary otherwise; a path under a regular file (NotADirectoryError) and ``/proc`` are real
+everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from prefpred.cli import app
+from prefpred.cli.app import os_error_line
+from prefpred.data import write_arena_csv
+from prefpred.testing import planted_pairs
+
+runner = CliRunner()
+FAST = ["--no-embeddings", "--folds", "2", "--holdout", "0", "--no-calibrate"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("errs")
+    train = write_arena_csv(planted_pairs(40, seed=3), d / "train.csv")
+    test = write_arena_csv([p.__class__(id=f"t{p.id}", turns=p.turns) for p in planted_pairs(6, seed=4)],
+                           d / "test.csv", labels=False)
+    cfg = d / "fast.yaml"
+    cfg.write_text("model:\n  n_estimators: 5\n  n_jobs: 1\n")
+    res = runner.invoke(app, ["run", "--data", str(train), "--out", str(d / "runs"), "--name", "ok",
+                              "--config", str(cfg), *FAST])
+    assert res.exit_code == 0, res.output
+    pred = d / "runs" / "ok" / "oof.csv"
+    assert pred.is_file()
+    return {"dir": d, "train": train, "test": test, "cfg": cfg, "run": d / "runs" / "ok", "pred": pred}
+
+
+def _one_line_error(res, *needles: str) -> str:
+    assert res.exit_code == 2, res.output + repr(res.exception)
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1, res.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _commands(f, out: str) -> dict[str, list[str]]:
+    """Every command that writes, with its output pointed at ``out``."""
+    return {
+        "run": ["run", "--data", str(f["train"]), "--out", out, "--name", "x", "--config", str(f["cfg"]), *FAST],
+        "split": ["split", "--data", str(f["train"]), "--out", f"{out}/split.csv"],
+        "predict": ["predict", "--run", str(f["run"]), "--data", str(f["test"]), "--out", f"{out}/sub.csv"],
+        "evaluate-out": ["evaluate", "--pred", str(f["pred"]), "--data", str(f["train"]), "--out", f"{out}/m.json"],
+        "evaluate-plots": ["evaluate", "--pred", str(f["pred"]), "--data", str(f["train"]), "--plots", out],
+    }
+
+
+@pytest.mark.parametrize("cmd", ["run", "split", "predict", "evaluate-out", "evaluate-plots"])
+def test_output_under_a_regular_file_is_one_line(files, cmd):
+    blocker = files["dir"] / "a-file"
+    blocker.write_text("not a folder\n")
+    res = runner.invoke(app, _commands(files, str(blocker / "sub"))[cmd])
+    _one_line_error(res, str(blocker))
+
+
+def test_output_under_proc_is_one_line(files):
+    res = runner.invoke(app, _commands(files, "/proc/prefpred-nope")["split"])
+    _one_line_error(res, "/proc/prefpred-nope")
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EIO])
+@pytest.mark.parametrize("cmd", ["run", "predict", "split"])
+def test_failing_rename_is_one_line_naming_the_output(files, monkeypatch, tmp_path, cmd, err):
+    """The last step of every write (os.replace) fails as on a full or read-only disk, naming no file."""
+    def replace(*_a, **_k):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "replace", replace)
+    argv = _commands(files, str(tmp_path / "out"))[cmd]
+    line = _one_line_error(runner.invoke(app, argv), os.strerror(err))
+    target = {"run": "out/x", "predict": "sub.csv", "split": "split.csv"}[cmd]
+    assert target in line
+
+
+def test_os_error_line_names_both_paths_and_hints():
+    line = os_error_line(OSError(errno.EROFS, "Read-only file system", "/a/.b.tmp", None, "/a/b"))
+    assert line.startswith("/a/.b.tmp -> /a/b: Read-only file system") and "--out" in line
+    assert os_error_line(FileExistsError("runs/x exists (use --force)")) == "runs/x exists (use --force)"
+    assert "free some space" in os_error_line(OSError(errno.ENOSPC, "No space left on device", "/d/f"))
+
+
+@contextlib.contextmanager
+def _tmpfs(path, size: str):
+    """A real tiny tmpfs at ``path`` (root + CAP_SYS_ADMIN), unmounted afterwards."""
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode(errors='replace').strip()[:80]})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_real_full_and_read_only_disk(files, tmp_path):
+    with _tmpfs(tmp_path / "disk", "24k") as disk:
+        cmds = _commands(files, str(disk))
+        line = _one_line_error(runner.invoke(app, cmds["run"]), str(disk), "No space left on device")
+        assert "free some space" in line
+        assert not [p for p in disk.iterdir() if p.name.startswith(".x.")], "temporary run folder left behind"
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        for cmd in ("run", "predict", "split", "evaluate-out"):
+            _one_line_error(runner.invoke(app, cmds[cmd]), str(disk), "Read-only file system")
+
+
+@pytest.mark.parametrize("damage", ["binary-metrics", "no-kind", "no-marker", "bad-booster"])
+def test_damaged_run_folders_are_one_line(files, tmp_path, damage):
+    import shutil
+
+    from prefpred.models.cpu import BOOSTER_FILE
+    from prefpred.runs import COMPLETE_MARKER
+
+    run = tmp_path / "copy"
+    shutil.copytree(files["run"], run)
+    if damage == "binary-metrics":
+        (run / "metrics.json").write_bytes(b"\x1f\x8b\x08\x00\xff\xfe binary")
+    elif damage == "no-kind":
+        (run / "metrics.json").write_text(json.dumps({"name": "x"}))
+    elif damage == "no-marker":
+        (run / COMPLETE_MARKER).unlink()
+    else:
+        (run / "model" / BOOSTER_FILE).write_bytes(b"\x00garbage\xff")
+    res = runner.invoke(app, ["predict", "--run", str(run), "--data", str(files["test"]), "--out",
+                              str(tmp_path / "sub.csv")])
+    _one_line_error(res, str(run))
+    assert "\\x" not in res.output and "\x00" not in res.output
+
+
+def test_damaged_llm_weights_are_one_line(tiny_qwen_dir, files, tmp_path):
+    pytest.importorskip("peft")
+    from prefpred.models.llm import LLMPreferenceModel
+    from prefpred.runs import mark_complete, write_metrics
+    from prefpred.training import LLMModelConfig, LoRAConfig, TrainingConfig
+
+    cfg = LLMModelConfig(name_or_path=str(tiny_qwen_dir), head="classifier", method="lora", max_length=96,
+                         device="cpu", dtype="float32", lora=LoRAConfig(r=2, alpha=4, dropout=0.0))
+    tcfg = TrainingConfig(max_steps=1, batch_size=2, logging_steps=1, save_steps=1000)
+    run = tmp_path / "llm-run"
+    model = LLMPreferenceModel(cfg, tcfg, seed=0).fit(planted_pairs(4, seed=1))
+    saved = model.save(run / "model")
+    write_metrics(run, {"name": "llm-run"}, kind="llm")
+    mark_complete(run)
+    (saved / "adapter_model.safetensors").write_bytes(b"\xde\xad\xbe\xef not safetensors")
+    res = runner.invoke(app, ["predict", "--run", str(run), "--data", str(files["test"]), "--out",
+                              str(tmp_path / "sub.csv")])
+    _one_line_error(res, str(run / "model"), "damaged")
