@@ -19,7 +19,15 @@ Supported formats (``format="auto"`` detects them from the file name and content
 ========================  ==========================================================================================
 
 Bad input raises :class:`~prefpred.types.DataError` naming file, row and column. With ``skip_invalid=True`` bad
-rows are dropped instead and reported in :attr:`LoadResult.dropped`.
+rows are dropped instead and reported in :attr:`LoadResult.dropped`. What is accepted but changed (ragged turns
+padded with empty text, ``both_bad`` votes counted as ties) is counted in :attr:`LoadResult.notes` and logged as
+one warning per file.
+
+Files are recognised by content as well as name: gzip is decompressed whatever the name, a parquet file is read
+as parquet, and other binary content (zip, bzip2, xz, zstd, 7z, NUL bytes) is refused in one line that says what
+it is. Values quoted in error lines are escaped and trimmed, so no raw bytes reach the terminal.
+
+Summaries of loaded pairs live in :mod:`prefpred.data_stats` (re-exported here).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import json
 import logging
 import random
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from prefpred.config import DataConfig
+from prefpred.data_stats import has_text, pairs_summary  # noqa: F401  (pairs_summary re-exported)
 from prefpred.types import LABELS, DataError, Pair, Turn, UserError, one_hot
 from prefpred.utils import atomic_path
 
@@ -62,10 +72,23 @@ class LoadResult:
     dropped: list[DataError] = field(default_factory=list)
     path: str | None = None
     format: str | None = None
+    notes: dict[str, int] = field(default_factory=dict)
+    """What was accepted but changed, with a row count (e.g. ragged turns padded)."""
 
     def drop_summary(self) -> dict[str, int]:
         """How many rows were dropped, by reason."""
         return dict(Counter(_reason(e) for e in self.dropped))
+
+
+NOTE_RAGGED = "rows whose prompt and responses have different numbers of turns (padded with empty text)"
+NOTE_BOTH_BAD = "'both_bad' votes counted as ties"
+_BOTH_BAD = ("both_bad", "tie (bothbad)")
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value for an error line: escaped (no raw bytes or control characters) and trimmed."""
+    text = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in repr(value))
+    return text if len(text) <= limit else text[: limit - 2] + "…" + text[-1]  # keeps the closing quote
 
 
 def _reason(e: DataError) -> str:
@@ -123,14 +146,18 @@ def _json_list_cell(raw: Any, *, path: str, row: int, column: str) -> list[str]:
     return _turn_list(value)
 
 
-def _make_turns(prompts: list[str], resp_a: list[str], resp_b: list[str], *, path: str, row: int) -> tuple[Turn, ...]:
+def _make_turns(prompts: list[str], resp_a: list[str], resp_b: list[str], *, path: str, row: int,
+                notes: Counter | None = None) -> tuple[Turn, ...]:
+    """Turns of one row. Ragged rows (the real Kaggle data has a few) are padded with empty text rather than
+    lost; they are counted in ``notes`` (one warning per file) and logged per row at debug level."""
     n = max(len(prompts), len(resp_a), len(resp_b))
     if n == 0:
         raise DataError("conversation has no turns", path=path, row=row, column="prompt")
     if not (len(prompts) == len(resp_a) == len(resp_b)):
-        # the real data has a few ragged rows; pad rather than lose them, but say so at debug level
         logger.debug("%s row %d: ragged turns (%d/%d/%d), padding", path, row, len(prompts), len(resp_a),
                      len(resp_b))
+        if notes is not None:
+            notes[NOTE_RAGGED] += 1
         prompts, resp_a, resp_b = ([*x, *[""] * (n - len(x))] for x in (prompts, resp_a, resp_b))
     return tuple(Turn(p, a, b) for p, a, b in zip(prompts, resp_a, resp_b, strict=True))
 
@@ -141,9 +168,9 @@ def _one_hot_label(values: Sequence[Any], *, path: str, row: int) -> tuple[float
         try:
             f = float(v)
         except (TypeError, ValueError):
-            raise DataError(f"label must be 0 or 1, got {v!r}", path=path, row=row, column=col) from None
+            raise DataError(f"label must be 0 or 1, got {show(v)}", path=path, row=row, column=col) from None
         if f not in (0.0, 1.0):
-            raise DataError(f"label must be 0 or 1, got {v!r}", path=path, row=row, column=col)
+            raise DataError(f"label must be 0 or 1, got {show(v)}", path=path, row=row, column=col)
         nums.append(f)
     if sum(nums) != 1.0:
         raise DataError(f"label is not one-hot (winner_model_a/b/tie = {'/'.join(str(int(x)) for x in nums)})",
@@ -159,14 +186,15 @@ class _Rows:
         self.skip_invalid = skip_invalid
         self.pairs: list[Pair] = []
         self.dropped: list[DataError] = []
+        self.notes: Counter[str] = Counter()
         self._seen: dict[str, int] = {}
 
     def add(self, row: int, build) -> None:
         try:
             pair = build()
             if pair.id in self._seen:
-                raise DataError(f"duplicate id {pair.id!r} (first seen at row {self._seen[pair.id]})", path=self.path,
-                                row=row, column="id")
+                raise DataError(f"duplicate id {show(pair.id)} (first seen at row {self._seen[pair.id]})",
+                                path=self.path, row=row, column="id")
         except DataError as e:
             if not self.skip_invalid:
                 raise
@@ -175,22 +203,64 @@ class _Rows:
         self._seen[pair.id] = row
         self.pairs.append(pair)
 
+    def result(self) -> LoadResult:
+        return LoadResult(self.pairs, self.dropped, notes=dict(self.notes))
+
 
 # --------------------------------------------------------------------------------------------- raw file access
+_GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"
+_BINARY_MAGIC = {  # content prefpred cannot read as text, by its first bytes
+    b"PK\x03\x04": "a zip archive (unzip it first)",
+    b"BZh": "bzip2-compressed (decompress it first, or use gzip)",
+    b"\xfd7zXZ\x00": "xz-compressed (decompress it first, or use gzip)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed (decompress it first, or use gzip)",
+    b"7z\xbc\xaf\x27\x1c": "a 7z archive (extract it first)",
+    b"SQLite format 3\x00": "an SQLite database",
+    b"\x89PNG": "a PNG image",
+    b"%PDF": "a PDF document",
+}
+
+
+def _sniff(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(16)
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix == ".parquet" or (path.is_file() and _sniff(path).startswith(_PARQUET_MAGIC))
+
+
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; gzip is decompressed whatever the name, other binary content is refused in one line."""
     if not path.exists():
         raise DataError("file not found", path=str(path))
     if path.is_dir():
         raise DataError("is a directory (pass a data file)", path=str(path))
     data = path.read_bytes()
-    if path.suffix == ".gz":
+    if data.startswith(_GZIP_MAGIC):
         try:
             data = gzip.decompress(data)
-        except OSError as e:
-            raise DataError(f"not a valid gzip file ({e})", path=str(path)) from None
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"not a valid gzip file ({show(str(e), 80)})", path=str(path)) from None
+    elif path.suffix == ".gz":
+        raise DataError("named .gz but not gzip-compressed", path=str(path))
+    _refuse_binary(data, path)
     if not data.strip():
         raise DataError("file is empty", path=str(path))
     return data
+
+
+def _refuse_binary(data: bytes, path: Path) -> None:
+    for magic, what in _BINARY_MAGIC.items():
+        if data.startswith(magic):
+            raise DataError(f"is {what}, not a CSV/JSON/JSONL text file", path=str(path))
+    if data.startswith(_PARQUET_MAGIC):
+        raise DataError("is a parquet file (name it .parquet)", path=str(path))
+    if data.startswith(_GZIP_MAGIC):
+        raise DataError("is gzip-compressed twice (decompress it once)", path=str(path))
+    if b"\x00" in data[:4096]:
+        raise DataError("is a binary file (NUL bytes), not a CSV/JSON/JSONL text file", path=str(path))
 
 
 def _decode_whole(data: bytes, path: Path) -> str:
@@ -226,7 +296,7 @@ def _json_document(path: Path) -> Any:
 
 # --------------------------------------------------------------------------------------------- arena (Kaggle / HF)
 def _arena_table(path: Path) -> tuple[list[str], Iterable[dict[str, Any]]]:
-    if path.suffix == ".parquet":
+    if _is_parquet(path):
         if not path.exists():
             raise DataError("file not found", path=str(path))
         import pandas as pd
@@ -252,8 +322,9 @@ def arena_records(rows: Iterable[dict[str, Any]], columns: Sequence[str], *, pat
     """Turn Arena-format rows (Kaggle CSV / HF dataset records) into pairs."""
     missing = [c for c in ("id", *ARENA_TEXT_COLUMNS) if c not in columns]
     if missing:
-        raise DataError(f"missing required column(s) {', '.join(missing)} (found: {', '.join(columns)})",
-                        path=path, column=missing[0])
+        found = show(", ".join(columns), 200).strip("'\"")
+        raise DataError(f"missing required column(s) {', '.join(missing)} (found: {found})", path=path,
+                        column=missing[0])
     present = [c for c in ARENA_LABEL_COLUMNS if c in columns]
     if present and len(present) != 3:
         absent = [c for c in ARENA_LABEL_COLUMNS if c not in present]
@@ -271,13 +342,13 @@ def arena_records(rows: Iterable[dict[str, Any]], columns: Sequence[str], *, pat
                 raise DataError("empty id", path=path, row=i, column="id")
             cells = [_json_list_cell(rec.get(c), path=path, row=i, column=c) for c in ARENA_TEXT_COLUMNS]
             label = _one_hot_label([rec.get(c) for c in ARENA_LABEL_COLUMNS], path=path, row=i) if labelled else None
-            return Pair(id=rid, turns=_make_turns(*cells, path=path, row=i), label=label,
+            return Pair(id=rid, turns=_make_turns(*cells, path=path, row=i, notes=acc.notes), label=label,
                         model_a=_opt(rec.get("model_a")), model_b=_opt(rec.get("model_b")), source=source)
 
         acc.add(i, build)
     if not acc.pairs and not acc.dropped:
         raise DataError("file has a header but no rows", path=path)
-    return LoadResult(acc.pairs, acc.dropped)
+    return acc.result()
 
 
 def _opt(value: Any) -> str | None:
@@ -304,13 +375,15 @@ def read_arena_votes(path: Path, *, skip_invalid: bool = False, **_: Any) -> Loa
         def build(rec=rec, i=i) -> Pair:
             winner = str(rec.get("winner", "")).strip()
             if winner not in names:
-                raise DataError(f"unknown winner {winner!r}", path=str(path), row=i, column="winner")
+                raise DataError(f"unknown winner {show(winner)}", path=str(path), row=i, column="winner")
+            if winner in _BOTH_BAD:
+                acc.notes[NOTE_BOTH_BAD] += 1
             return Pair(id=str(rec["id"]), turns=(Turn("", "", ""),), label=one_hot(names[winner]),
                         model_a=_opt(rec.get("model_a")), model_b=_opt(rec.get("model_b")), source="arena-votes",
                         meta={"winner": winner})
 
         acc.add(i, build)
-    return LoadResult(acc.pairs, acc.dropped)
+    return acc.result()
 
 
 # --------------------------------------------------------------------------------------------- other public sets
@@ -327,7 +400,9 @@ def read_arena_conversations(path: Path, *, skip_invalid: bool = False, **_: Any
             ctx = ex.get("context") or {}
             winner = ctx.get("winner")
             if winner not in winners:
-                raise DataError(f"unknown winner {winner!r}", path=str(path), row=i, column="winner")
+                raise DataError(f"unknown winner {show(winner)}", path=str(path), row=i, column="winner")
+            if winner in _BOTH_BAD:
+                acc.notes[NOTE_BOTH_BAD] += 1
             turn = Turn(clean_text(ex.get("input")), clean_text(ctx.get("response_a")),
                         clean_text(ctx.get("response_b")))
             return Pair(id=f"{path.stem}-{i}", turns=(turn,), label=one_hot(winners[winner]),
@@ -335,7 +410,7 @@ def read_arena_conversations(path: Path, *, skip_invalid: bool = False, **_: Any
                         source="arena-conversations")
 
         acc.add(i, build)
-    return LoadResult(acc.pairs, acc.dropped)
+    return acc.result()
 
 
 @_reader("autoj")
@@ -345,14 +420,14 @@ def read_autoj(path: Path, *, skip_invalid: bool = False, **_: Any) -> LoadResul
         def build(obj=obj, i=i) -> Pair:
             label = obj.get("label")
             if label not in (0, 1, 2):
-                raise DataError(f"label must be 0, 1 or 2, got {label!r}", path=str(path), row=i, column="label")
+                raise DataError(f"label must be 0, 1 or 2, got {show(label)}", path=str(path), row=i, column="label")
             turn = Turn(clean_text(obj.get("prompt")), clean_text(obj.get("response 1")),
                         clean_text(obj.get("response 2")))
             return Pair(id=f"autoj-{i}", turns=(turn,), label=one_hot(LABELS[label]), source="autoj",
                         meta={"scenario": obj.get("scenario")})
 
         acc.add(i, build)
-    return LoadResult(acc.pairs, acc.dropped)
+    return acc.result()
 
 
 @_reader("pandalm")
@@ -369,7 +444,7 @@ def read_pandalm(path: Path, *, skip_invalid: bool = False, **_: Any) -> LoadRes
                 try:
                     votes.append(names[int(obj.get(col))])
                 except (TypeError, ValueError, KeyError):
-                    raise DataError(f"vote must be 0, 1 or 2, got {obj.get(col)!r}", path=str(path), row=i,
+                    raise DataError(f"vote must be 0, 1 or 2, got {show(obj.get(col))}", path=str(path), row=i,
                                     column=col) from None
             top, count = Counter(votes).most_common(1)[0]
             label = top if count >= 2 else "tie"
@@ -383,7 +458,7 @@ def read_pandalm(path: Path, *, skip_invalid: bool = False, **_: Any) -> LoadRes
                         model_a=models[0], model_b=models[-1], meta={"votes": votes})
 
         acc.add(i, build)
-    return LoadResult(acc.pairs, acc.dropped)
+    return acc.result()
 
 
 @_reader("llmbar")
@@ -396,14 +471,14 @@ def read_llmbar(path: Path, *, skip_invalid: bool = False, **_: Any) -> LoadResu
         def build(obj=obj, i=i) -> Pair:
             label = obj.get("label")
             if label not in (1, 2):
-                raise DataError(f"label must be 1 or 2, got {label!r}", path=str(path), row=i, column="label")
+                raise DataError(f"label must be 1 or 2, got {show(label)}", path=str(path), row=i, column="label")
             turn = Turn(clean_text(obj.get("input")), clean_text(obj.get("output_1")),
                         clean_text(obj.get("output_2")))
             return Pair(id=f"{path.stem}-{i}", turns=(turn,), label=one_hot("a" if label == 1 else "b"),
                         source="llmbar")
 
         acc.add(i, build)
-    return LoadResult(acc.pairs, acc.dropped)
+    return acc.result()
 
 
 _HH_SPLIT = re.compile(r"\n\n(Human|Assistant): ")
@@ -447,7 +522,7 @@ def read_hh_rlhf(path: Path, *, skip_invalid: bool = False, seed: int = 0, **_: 
             return Pair(id=f"hh-{i}", turns=turns, label=one_hot("b" if swap else "a"), source="hh-rlhf")
 
         acc.add(i, build)
-    return LoadResult(acc.pairs, acc.dropped)
+    return acc.result()
 
 
 # --------------------------------------------------------------------------------------------- prefpred JSONL
@@ -456,7 +531,7 @@ def _soft_label(value: Any, *, path: str, row: int) -> tuple[float, float, float
         return None
     if isinstance(value, str):
         if value not in LABELS:
-            raise DataError(f"label must be one of a, b, tie, got {value!r}", path=path, row=row, column="label")
+            raise DataError(f"label must be one of a, b, tie, got {show(value)}", path=path, row=row, column="label")
         return one_hot(value)
     if isinstance(value, dict):
         value = [value.get(k) for k in LABELS]
@@ -465,10 +540,10 @@ def _soft_label(value: Any, *, path: str, row: int) -> tuple[float, float, float
     try:
         probs = [float(v) for v in value]
     except (TypeError, ValueError):
-        raise DataError(f"label probabilities must be numbers, got {value!r}", path=path, row=row,
+        raise DataError(f"label probabilities must be numbers, got {show(value)}", path=path, row=row,
                         column="label") from None
     if any(p < 0 or p > 1 for p in probs) or abs(sum(probs) - 1.0) > 1e-3:
-        raise DataError(f"label probabilities must lie in [0, 1] and sum to 1, got {value!r}", path=path, row=row,
+        raise DataError(f"label probabilities must lie in [0, 1] and sum to 1, got {show(value)}", path=path, row=row,
                         column="label")
     s = sum(probs)
     return (probs[0] / s, probs[1] / s, probs[2] / s)
@@ -483,11 +558,12 @@ def read_prefpred_jsonl(path: Path, *, skip_invalid: bool = False, **_: Any) -> 
             for col in ("id", "prompt", "response_a", "response_b"):
                 if col not in obj:
                     raise DataError("missing key", path=str(path), row=i, column=col)
-            turns = _make_turns(*(_turn_list(obj[c]) for c in ARENA_TEXT_COLUMNS), path=str(path), row=i)
+            turns = _make_turns(*(_turn_list(obj[c]) for c in ARENA_TEXT_COLUMNS), path=str(path), row=i,
+                                notes=acc.notes)
             try:
                 weight = float(obj.get("weight", 1.0))
             except (TypeError, ValueError):
-                raise DataError(f"weight must be a number, got {obj.get('weight')!r}", path=str(path), row=i,
+                raise DataError(f"weight must be a number, got {show(obj.get('weight'))}", path=str(path), row=i,
                                 column="weight") from None
             return Pair(id=str(obj["id"]), turns=turns, label=_soft_label(obj.get("label"), path=str(path), row=i),
                         model_a=_opt(obj.get("model_a")), model_b=_opt(obj.get("model_b")),
@@ -495,7 +571,7 @@ def read_prefpred_jsonl(path: Path, *, skip_invalid: bool = False, **_: Any) -> 
                         meta={k: v for k, v in obj.items() if k not in known})
 
         acc.add(i, build)
-    return LoadResult(acc.pairs, acc.dropped)
+    return acc.result()
 
 
 def pair_to_json(pair: Pair) -> dict[str, Any]:
@@ -550,7 +626,7 @@ def write_arena_csv(pairs: Iterable[Pair], path: str | Path, *, labels: bool = T
 def detect_format(path: Path) -> str:
     """Guess the reader for ``path`` from its name and first record."""
     name = path.name.lower()
-    if name.endswith(".parquet"):
+    if name.endswith(".parquet") or _is_parquet(path):  # parquet content under another name is read as parquet
         return "arena"
     if name.endswith((".csv", ".csv.gz")):
         data = _read_bytes(path)
@@ -584,34 +660,62 @@ def detect_format(path: Path) -> str:
         raise DataError("unrecognised JSON layout (pass --format)", path=str(path))
     if not path.exists():
         raise DataError("file not found", path=str(path))
-    raise DataError(f"unknown file type {path.suffix!r} (csv, parquet, json, jsonl)", path=str(path))
+    raise DataError(f"unknown file type {show(path.suffix)} (csv, parquet, json, jsonl)", path=str(path))
 
 
 def read_pairs(path: str | Path, *, format: str = "auto", limit: int | None = None, skip_invalid: bool = False,
-               seed: int = 0) -> LoadResult:
-    """Read and validate pairs from a file or a directory of files; see the module docstring for formats."""
+               seed: int = 0, log: bool = True) -> LoadResult:
+    """Read and validate pairs from a file or a directory of files; see the module docstring for formats.
+
+    ``limit`` keeps the first N pairs (N >= 1; ``None`` keeps all). Notes (:attr:`LoadResult.notes`) and drops
+    are logged as one warning each per file (``log=False``: not logged, the caller reports them).
+    """
+    check_limit(limit)
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and _looks_like_data(p))
         if not files:
             raise DataError("directory holds no data files", path=str(path))
-        results = [read_pairs(p, format=format, skip_invalid=skip_invalid, seed=seed) for p in files]
+        results = [read_pairs(p, format=format, skip_invalid=skip_invalid, seed=seed, log=log) for p in files]
         pairs = [pr for r in results for pr in r.pairs]
         _check_unique(pairs, str(path))
+        notes: Counter[str] = Counter()
+        for r in results:
+            notes.update(r.notes)
         res = LoadResult(pairs[:limit] if limit else pairs, [d for r in results for d in r.dropped], str(path),
-                         ",".join(sorted({r.format or "" for r in results})))
+                         ",".join(sorted({r.format or "" for r in results})), dict(notes))
+        return res  # each file was logged by its own read_pairs
     else:
         fmt = detect_format(path) if format == "auto" else format
         if fmt not in READERS:
-            raise UserError(f"unknown data format {fmt!r} (known: {', '.join(sorted(READERS))})")
+            raise UserError(f"unknown data format {show(fmt)} (known: {', '.join(sorted(READERS))})")
         res = READERS[fmt](path, skip_invalid=skip_invalid, seed=seed)
         res.path, res.format = str(path), fmt
         if limit:
             res.pairs = res.pairs[:limit]
-    if res.dropped:
-        logger.warning("%s: dropped %d invalid row(s): %s", path, len(res.dropped),
-                       "; ".join(f"{k} ({v})" for k, v in res.drop_summary().items()))
+    if log:
+        _log_result(res)
     return res
+
+
+def check_limit(limit: int | None) -> None:
+    """Refuse a row limit below 1 (``--limit 0`` or ``-5`` would silently mean "all" or "all but five")."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"--limit must be a whole number of rows, at least 1 (got {show(limit)})")
+
+
+def _log_result(res: LoadResult) -> None:
+    for note, count in res.notes.items():
+        logger.warning("%s: %d %s", res.path, count, note)
+    if res.dropped:
+        logger.warning("%s: dropped %d invalid row(s): %s", res.path, len(res.dropped),
+                       "; ".join(f"{k} ({v})" for k, v in res.drop_summary().items()))
+
+
+def no_text_message(res: LoadResult) -> str:
+    """What is wrong with a file of votes without any prompt/response text (the path is not included)."""
+    return (f"the file has no prompt/response text (format {res.format}: votes with model names only), so it "
+            "cannot train or evaluate a text model; `prefpred leaderboard` ranks models from votes")
 
 
 def _looks_like_data(p: Path) -> bool:
@@ -622,7 +726,7 @@ def _check_unique(pairs: Sequence[Pair], path: str) -> None:
     seen: set[str] = set()
     for i, p in enumerate(pairs, start=1):
         if p.id in seen:
-            raise DataError(f"duplicate id {p.id!r} across files", path=path, row=i, column="id")
+            raise DataError(f"duplicate id {show(p.id)} across files", path=path, row=i, column="id")
         seen.add(p.id)
 
 
@@ -640,7 +744,7 @@ def load_hub_dataset(name: str, *, split: str = "train", limit: int | None = Non
 
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # offline: ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
-        raise UserError(f"could not load the hub dataset {name!r} ({type(e).__name__}); "
+        raise UserError(f"could not load the hub dataset {show(name)} ({type(e).__name__}); "
                         "pass --data PATH to a local file (e.g. Kaggle train.csv)") from None
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
@@ -650,10 +754,16 @@ def load_hub_dataset(name: str, *, split: str = "train", limit: int | None = Non
 
 
 def load_data(cfg: DataConfig, *, seed: int = 0) -> LoadResult:
-    """Load what a :class:`~prefpred.config.DataConfig` names (a path, else the hub dataset)."""
+    """Load what a :class:`~prefpred.config.DataConfig` names (a path, else the hub dataset) for training or
+    evaluating a text model: a file without any prompt/response text (votes only) is refused in one line."""
+    check_limit(cfg.limit)
     if cfg.path:
-        return read_pairs(cfg.path, format=cfg.format, limit=cfg.limit, skip_invalid=cfg.skip_invalid, seed=seed)
-    return load_hub_dataset(cfg.hub_dataset, limit=cfg.limit, skip_invalid=cfg.skip_invalid)
+        res = read_pairs(cfg.path, format=cfg.format, limit=cfg.limit, skip_invalid=cfg.skip_invalid, seed=seed)
+    else:
+        res = load_hub_dataset(cfg.hub_dataset, limit=cfg.limit, skip_invalid=cfg.skip_invalid)
+    if res.pairs and not has_text(res.pairs):
+        raise DataError(no_text_message(res), path=res.path)
+    return res
 
 
 def load_extra(cfg: DataConfig, *, seed: int = 0) -> list[Pair]:
@@ -671,38 +781,3 @@ def load_extra(cfg: DataConfig, *, seed: int = 0) -> list[Pair]:
     from dataclasses import replace
 
     return [replace(p, weight=p.weight * cfg.extra_weight) for p in labelled]
-
-
-# --------------------------------------------------------------------------------------------- stats
-def _percentiles(values: Sequence[int]) -> dict[str, float]:
-    if not values:
-        return {}
-    arr = np.asarray(values)
-    return {f"p{q}": float(np.percentile(arr, q)) for q in (5, 25, 50, 75, 95)} | {"max": float(arr.max())}
-
-
-def pairs_summary(pairs: Sequence[Pair]) -> dict[str, Any]:
-    """Rows, label mix, turns, length percentiles (characters) and duplicates of a set of pairs."""
-    labels = Counter(p.hard_label or "unlabelled" for p in pairs)
-    soft = sum(1 for p in pairs if p.label is not None and not p.is_hard)
-    turns = Counter(len(p.turns) for p in pairs)
-    content = Counter((p.text_prompt(), p.text_a(), p.text_b()) for p in pairs)
-    prompts = Counter(p.prompt.strip().casefold() for p in pairs)
-    return {
-        "rows": len(pairs),
-        "labels": {k: labels.get(k, 0) for k in (*LABELS, "unlabelled") if labels.get(k, 0) or k in LABELS},
-        "soft_labels": soft,
-        "sources": dict(Counter(p.source for p in pairs)),
-        "turns": {"single": turns.get(1, 0), "multi": sum(v for k, v in turns.items() if k > 1),
-                  "max": max(turns) if turns else 0},
-        "length_chars": {
-            "prompt": _percentiles([len(p.text_prompt()) for p in pairs]),
-            "response_a": _percentiles([len(p.text_a()) for p in pairs]),
-            "response_b": _percentiles([len(p.text_b()) for p in pairs]),
-        },
-        "duplicates": {
-            "identical_pairs": sum(c - 1 for c in content.values() if c > 1),
-            "repeated_prompts": sum(c - 1 for c in prompts.values() if c > 1),
-            "identical_responses": sum(1 for p in pairs if p.text_a() == p.text_b()),
-        },
-    }
