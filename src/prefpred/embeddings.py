@@ -14,6 +14,11 @@ download) and cached on disk, so a second run over the same texts costs nothing:
 
 Cache location: ``embedding_cache_dir`` in the config, else ``$PREFPRED_CACHE_DIR/embeddings``, else
 ``~/.cache/prefpred/embeddings``.
+
+Mean-pooling models (all-MiniLM-L6-v2 and most sentence-transformers folders) are run with plain transformers
+(:class:`MeanPoolEncoder`: the same tokenizer, truncation, mean pooling and L2 norm as sentence-transformers).
+Importing ``sentence_transformers`` pulls in the transformers Trainer, peft and bitsandbytes (seconds of
+imports and a 4-bit kernel warning on a CPU run); it is only used for folders with other pooling.
 """
 
 from __future__ import annotations
@@ -145,6 +150,62 @@ class EmbeddingCache:
                 self._conn = None
 
 
+class MeanPoolEncoder:
+    """A sentence-transformers folder whose pooling is mean-of-tokens, run with plain transformers.
+
+    Reproduces sentence-transformers' ``Transformer -> Pooling(mean) -> Normalize`` stack: texts truncated to
+    ``max_seq_length`` tokens (``sentence_bert_config.json``), the attention-masked mean of the last hidden
+    states, then L2 normalisation. :meth:`load` returns ``None`` for folders it cannot reproduce.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, device: str):
+        self.model, self.tokenizer, self.max_length, self.device = model, tokenizer, max_length, device
+
+    @classmethod
+    def load(cls, path: Path, device: str) -> MeanPoolEncoder | None:
+        import json
+
+        try:
+            modules = json.loads((path / "modules.json").read_text())
+            pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+            st_cfg = json.loads((path / "sentence_bert_config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+        mean_only = pooling.get("pooling_mode_mean_tokens") and not any(
+            v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens")
+        if kinds not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]) or not mean_only \
+                or st_cfg.get("do_lower_case") or any(m.get("path") for m in modules[:1]):
+            return None
+        from transformers import AutoModel, AutoTokenizer
+
+        model = AutoModel.from_pretrained(str(path)).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        return cls(model, tokenizer, int(st_cfg.get("max_seq_length") or tokenizer.model_max_length), device)
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64, **_: Any) -> np.ndarray:
+        """L2-normalised ``len(texts) x dim`` float32 embeddings (batches sorted by length, like sentence-
+        transformers); progress is logged for long inputs."""
+        import torch
+
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        n_batches = (len(texts) + batch_size - 1) // batch_size
+        step = max(1, n_batches // 10)
+        with torch.inference_mode():
+            for b, start in enumerate(range(0, len(texts), batch_size)):
+                idx = order[start:start + batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out[idx] = torch.nn.functional.normalize(mean, p=2, dim=1).float().cpu().numpy()
+                if n_batches >= 20 and (b + 1) % step == 0:
+                    logger.info("encoding texts: %d/%d batches", b + 1, n_batches)
+        return out
+
+
 class Embedder:
     """Cached sentence embeddings (L2-normalized float32 vectors) of texts.
 
@@ -186,16 +247,20 @@ class Embedder:
 
     @property
     def encoder(self) -> Any:
-        """The sentence-transformers model, loaded on first use."""
+        """The encoder, loaded on first use: :class:`MeanPoolEncoder` when it reproduces the folder's pooling,
+        else the sentence-transformers model."""
         if self._encoder is None:
-            try:
-                from sentence_transformers import SentenceTransformer
-            except ImportError as e:  # pragma: no cover - depends on the environment
-                raise MissingDependencyError(
-                    "embedding features need sentence-transformers: pip install 'prefpred[embeddings]'"
-                ) from e
             t0 = time.perf_counter()
-            self._encoder = SentenceTransformer(str(self.model_path), device=resolve_device(self.device))
+            device = resolve_device(self.device)
+            self._encoder = MeanPoolEncoder.load(Path(self.model_path), device)
+            if self._encoder is None:
+                try:
+                    from sentence_transformers import SentenceTransformer
+                except ImportError as e:  # pragma: no cover - depends on the environment
+                    raise MissingDependencyError(
+                        "embedding features need sentence-transformers: pip install 'prefpred[embeddings]'"
+                    ) from e
+                self._encoder = SentenceTransformer(str(self.model_path), device=device)
             logger.info(
                 "loaded encoder %s on %s in %.1fs",
                 self.model_id,

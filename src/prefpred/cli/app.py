@@ -58,6 +58,33 @@ class _PrefpredGroup(TyperGroup):
             _fail(os_error_line(e))
 
 
+def _tidy_help() -> None:
+    """Help text as users expect it: typer 0.29 prints ``<bool>`` beside every flag (``--force <bool>``, which
+    reads as if it took a value) and wraps required arguments in braces in usage lines (``{PATH}``). Flags show
+    no type and arguments their plain name. Only display methods are replaced; a typer without them is left
+    as it is (tests/test_cli_errors.py checks the help text)."""
+    try:
+        from typer.core import TyperArgument, TyperOption
+    except ImportError:  # pragma: no cover - other typer versions
+        return
+    show_type = getattr(TyperOption, "display_type_rich", None)
+    if show_type is not None and not getattr(show_type, "_prefpred", False):
+        def display_type_rich(self, ctx):
+            return None if self.is_flag and self.metavar is None else show_type(self, ctx)
+
+        display_type_rich._prefpred = True  # type: ignore[attr-defined]
+        TyperOption.display_type_rich = display_type_rich
+    if hasattr(TyperArgument, "_usage_display_name"):
+        def usage_name(self) -> str:
+            name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        TyperArgument._usage_display_name = usage_name
+
+
+_tidy_help()
+
+
 def _fail(message: str) -> None:
     click.echo(f"Error: {message}", err=True)
     raise typer.Exit(EXIT_USER_ERROR)

@@ -31,7 +31,7 @@ def _print_notes(console: Console, notes: dict[str, int]) -> None:
 
 @data_app.command("validate")
 def validate(
-    path: Path = typer.Argument(..., help="Data file or directory.", metavar="PATH"),
+    path: Path = typer.Argument(..., help="Data file or directory."),
     format: str = typer.Option("auto", "--format", help=FORMAT_HELP),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Invalid rows are reported but do not fail."),
 ) -> None:
@@ -67,7 +67,7 @@ def validate(
 
 @data_app.command("stats")
 def stats(
-    path: Path = typer.Argument(..., help="Data file or directory.", metavar="PATH"),
+    path: Path = typer.Argument(..., help="Data file or directory."),
     format: str = typer.Option("auto", "--format", help=FORMAT_HELP),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop bad rows and report them."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
