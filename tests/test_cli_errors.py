@@ -218,3 +218,51 @@ def test_mean_pool_encoder_matches_sentence_transformers():
     ref = st.SentenceTransformer(str(path), device="cpu").encode(texts, batch_size=2, convert_to_numpy=True,
                                                                  normalize_embeddings=True)
     np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- warning floods
+def test_tokenizer_length_warning_is_dropped_after_setup(caplog):
+    import logging
+
+    from prefpred.utils import quiet_third_party
+
+    quiet_third_party(verbose=True)  # -v: third-party warnings show, but not this one
+    tok_logger = logging.getLogger("transformers.tokenization_utils_base")
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        tok_logger.warning("Token indices sequence length is longer than the specified maximum sequence length "
+                           "for this model (900 > 512). Running this sequence through the model will result in "
+                           "indexing errors")
+        tok_logger.warning("another tokenizer warning")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["another tokenizer warning"]
+
+
+@pytest.mark.slow
+def test_train_output_has_no_warning_flood_or_interleaved_log_dicts(tiny_qwen_dir, tmp_path):
+    """A real ``prefpred train`` in a fresh interpreter: only prefpred's own log lines and results."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_qwen_dir, model)
+    tok_cfg = model / "tokenizer_config.json"
+    tok_cfg.write_text(json.dumps({**json.loads(tok_cfg.read_text()), "model_max_length": 128}))
+    pairs = planted_pairs(24, seed=3)
+    long_pairs = [p.__class__(id=p.id, turns=tuple(t.__class__(t.prompt + " long" * 400, t.response_a, t.response_b)
+                                                   for t in p.turns), label=p.label) if i % 3 == 0 else p
+                  for i, p in enumerate(pairs)]
+    data = write_arena_csv(long_pairs, tmp_path / "train.csv")
+    configs = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny-cpu.yaml")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in ("src", os.environ.get("PYTHONPATH")) if p),
+           "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    for key in ("TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        env.pop(key, None)  # as a user's shell has them: unset
+    out = subprocess.run([sys.executable, "-m", "prefpred", "train", "--config", configs, "--model", str(model),
+                          "--data", str(data), "--out", str(tmp_path / "runs"), "--name", "w", "--max-steps", "3",
+                          "--set", "training.logging_steps=1"], capture_output=True, text=True, env=env,
+                         timeout=600, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert out.returncode == 0, out.stderr[-3000:]
+    both = out.stdout + out.stderr
+    for noise in ("Warning:", "warnings.warn", "Token indices sequence length", "{'loss'", "it/s]",
+                  "Loading weights", "gemm_4bit"):
+        assert noise not in both, (noise, both[-3000:])
+    assert "step 3/3: loss" in out.stderr
