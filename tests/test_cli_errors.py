@@ -266,3 +266,34 @@ def test_train_output_has_no_warning_flood_or_interleaved_log_dicts(tiny_qwen_di
                   "Loading weights", "gemm_4bit"):
         assert noise not in both, (noise, both[-3000:])
     assert "step 3/3: loss" in out.stderr
+
+
+# ------------------------------------------------------------------------------------------- parse-generation
+def test_parse_generation_never_asks_for_more_tokens_than_the_context(tmp_path):
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from prefpred.models.judge import generate_answers
+    from prefpred.prompts import get_style
+    from prefpred.testing import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    lm = tiny_causal_lm(tok, hidden=32)
+    context = 700
+    lm.config.max_position_embeddings = context
+    calls = []
+    real_generate = lm.generate
+
+    def generate(*, input_ids, attention_mask, generation_config, **kw):
+        out = real_generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
+                            **kw)
+        calls.append((input_ids.shape[1], kw.get("max_new_tokens", generation_config.max_new_tokens),
+                      out.shape[1]))
+        return out
+
+    lm.generate = generate
+    pairs = planted_pairs(4, seed=1)
+    texts = generate_answers(pairs, lm, tok, get_style("seed-digits"), max_length=4096, max_new_tokens=300,
+                             max_batch_size=2)
+    assert len(texts) == 4 and calls
+    for width, asked, total in calls:
+        assert width + asked <= context and total <= context, (width, asked, total)
+        assert asked >= 1
