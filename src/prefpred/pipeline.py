@@ -277,7 +277,7 @@ def run_job(cfg: RunConfig) -> Path:
         if holdout:
             comparison["prior holdout"] = {"accuracy": prior_hold_metrics["accuracy"],
                                            "log_loss": prior_hold_metrics["log_loss"]}
-            comparison["model holdout"] = {"accuracy": holdout["raw"]["accuracy"],
+            comparison["model holdout (raw)"] = {"accuracy": holdout["raw"]["accuracy"],
                                            "log_loss": holdout["raw"]["log_loss"]}
             if "calibrated" in holdout:
                 comparison["model holdout (calibrated)"] = {"accuracy": holdout["calibrated"]["accuracy"],
@@ -287,7 +287,7 @@ def run_job(cfg: RunConfig) -> Path:
             rel_sets = {"holdout raw": hold_raw, **({"holdout calibrated": hold_final} if calibrator else {})}
             plot_reliability(y[hold], rel_sets, work / "reliability.png")
             plot_confusion(y[hold], hold_final, work / "confusion.png",
-                           title=f"Holdout confusion (n={len(hold_pairs)})")
+                           title=f"Holdout confusion, {'calibrated' if calibrator else 'raw'} (n={len(hold_pairs)})")
         else:
             plot_reliability(y[cv_mask], {"OOF": oof[cv_mask]}, work / "reliability.png")
             plot_confusion(y[cv_mask], oof[cv_mask], work / "confusion.png",
