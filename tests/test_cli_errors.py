@@ -221,20 +221,31 @@ def test_mean_pool_encoder_matches_sentence_transformers():
 
 
 # ------------------------------------------------------------------------------------------- warning floods
-def test_tokenizer_length_warning_is_dropped_after_setup(caplog):
+def test_tokenizer_length_warning_is_dropped_after_setup():
     import logging
 
     from prefpred.utils import quiet_third_party
 
     quiet_third_party(verbose=True)  # -v: third-party warnings show, but not this one
     tok_logger = logging.getLogger("transformers.tokenization_utils_base")
-    with caplog.at_level(logging.WARNING, logger="transformers"):
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler, old_level = Keep(level=logging.WARNING), tok_logger.level
+    tok_logger.addHandler(handler)
+    tok_logger.setLevel(logging.WARNING)
+    try:
         tok_logger.warning("Token indices sequence length is longer than the specified maximum sequence length "
                            "for this model (900 > 512). Running this sequence through the model will result in "
                            "indexing errors")
         tok_logger.warning("another tokenizer warning")
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages == ["another tokenizer warning"]
+    finally:
+        tok_logger.removeHandler(handler)
+        tok_logger.setLevel(old_level)
+    assert seen == ["another tokenizer warning"]
 
 
 @pytest.mark.slow
