@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -308,3 +309,37 @@ def test_parse_generation_never_asks_for_more_tokens_than_the_context(tmp_path):
     for width, asked, total in calls:
         assert width + asked <= context and total <= context, (width, asked, total)
         assert asked >= 1
+
+
+@pytest.mark.parametrize("damage", ["run-dir", "binary"])
+def test_evaluate_with_a_wrong_prediction_file_is_one_line(files, tmp_path, damage):
+    pred = files["run"] if damage == "run-dir" else tmp_path / "pred.csv"
+    if damage == "binary":
+        pred.write_bytes(b"\x1f\x8b\x08\x00\xff\xfe\x00binary")
+    res = runner.invoke(app, ["evaluate", "--pred", str(pred), "--data", str(files["train"])])
+    line = _one_line_error(res, str(pred))
+    assert "\x00" not in line and ("is a directory" in line if damage == "run-dir" else True)
+
+
+@pytest.mark.parametrize("damage", ["not-a-database", "read-only"])
+def test_unusable_embedding_cache_is_one_line(tmp_path, damage):
+    from prefpred.embeddings import EmbeddingCache
+    from prefpred.types import UserError
+
+    path = tmp_path / "cache.sqlite"
+    if damage == "not-a-database":
+        path.write_bytes(b"garbage, not SQLite" * 100)
+        cache = EmbeddingCache(path)
+    else:
+        cache = EmbeddingCache(path)
+        cache.put_many([(b"k", np.ones(3, dtype=np.float32))])
+        cache.close()
+        uri_cache = EmbeddingCache(path)
+        import sqlite3
+
+        uri_cache._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        uri_cache._pid = os.getpid()
+        cache = uri_cache
+    with pytest.raises(UserError) as info:
+        cache.put_many([(b"x", np.zeros(3, dtype=np.float32))])
+    assert str(path) in info.value.one_line() and "\n" not in info.value.one_line()

@@ -23,6 +23,7 @@ imports and a 4-bit kernel warning on a CPU run); it is only used for folders wi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from prefpred.types import MissingDependencyError, Pair
+from prefpred.types import MissingDependencyError, Pair, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +117,19 @@ class EmbeddingCache:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"])
 
+    @contextlib.contextmanager
+    def _database_errors(self):
+        """A read-only, full or damaged cache file: one line naming it (the CLI shows it, exit code 2)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path}: embedding cache unusable ({e}); free some space, delete the file or "
+                            f"point ${CACHE_ENV} (or embedding_cache_dir) to a writable folder") from e
+
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
         """The stored vectors of those ``keys`` that are present."""
         found: dict[bytes, np.ndarray] = {}
-        with self._lock:
+        with self._lock, self._database_errors():
             conn = self._connection()
             for i in range(0, len(keys), self._BATCH):
                 chunk = list(keys[i : i + self._BATCH])
@@ -134,7 +144,7 @@ class EmbeddingCache:
 
     def put_many(self, items: Iterable[tuple[bytes, np.ndarray]]) -> None:
         rows = [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items]
-        with self._lock:
+        with self._lock, self._database_errors():
             conn = self._connection()
             with conn:
                 conn.executemany("INSERT OR REPLACE INTO emb (key, dim, vec) VALUES (?, ?, ?)", rows)
