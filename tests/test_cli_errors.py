@@ -343,3 +343,11 @@ def test_unusable_embedding_cache_is_one_line(tmp_path, damage):
     with pytest.raises(UserError) as info:
         cache.put_many([(b"x", np.zeros(3, dtype=np.float32))])
     assert str(path) in info.value.one_line() and "\n" not in info.value.one_line()
+
+
+def test_any_user_error_line_is_terminal_safe(tmp_path):
+    """A data path with an escape sequence and a newline: the error line escapes them and stays one line."""
+    bad = str(tmp_path / "x\x1b[2J\nrm.csv")
+    res = runner.invoke(app, ["data", "validate", bad])
+    line = _one_line_error(res, "file not found")
+    assert "\x1b" not in line and line.isprintable()

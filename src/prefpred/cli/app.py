@@ -85,8 +85,20 @@ def _tidy_help() -> None:
 _tidy_help()
 
 
+MAX_ERROR_CHARS = 600
+
+
+def printable_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` as one terminal-safe line: whitespace runs become one space, other control characters, lone
+    surrogates (undecodable bytes) and the like are escaped, and the line is trimmed to ``limit`` characters."""
+    text = " ".join(text.split())
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {printable_line(message)}", err=True)
     raise typer.Exit(EXIT_USER_ERROR)
 
 
