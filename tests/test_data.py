@@ -181,7 +181,7 @@ def test_skip_invalid_drops_and_reports(tmp_path):
     assert sum(res.drop_summary().values()) == 2
     result = run_cli("data", "validate", str(path), "--skip-invalid")
     assert result.exit_code == 0
-    assert "3 valid pairs" in result.stdout and "dropped 2 invalid row(s)" in result.stdout
+    assert "3 valid pairs" in result.stdout and "2 invalid row(s) dropped" in result.stdout
 
 
 # ------------------------------------------------------------------------------------------------ other formats

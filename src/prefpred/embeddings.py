@@ -14,10 +14,16 @@ download) and cached on disk, so a second run over the same texts costs nothing:
 
 Cache location: ``embedding_cache_dir`` in the config, else ``$PREFPRED_CACHE_DIR/embeddings``, else
 ``~/.cache/prefpred/embeddings``.
+
+Mean-pooling models (all-MiniLM-L6-v2 and most sentence-transformers folders) are run with plain transformers
+(:class:`MeanPoolEncoder`: the same tokenizer, truncation, mean pooling and L2 norm as sentence-transformers).
+Importing ``sentence_transformers`` pulls in the transformers Trainer, peft and bitsandbytes (seconds of
+imports and a 4-bit kernel warning on a CPU run); it is only used for folders with other pooling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -32,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from prefpred.hf import resolve_device
-from prefpred.types import MissingDependencyError, Pair
+from prefpred.types import MissingDependencyError, Pair, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +105,19 @@ class EmbeddingCache:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"])
 
+    @contextlib.contextmanager
+    def _database_errors(self):
+        """A read-only, full or damaged cache file: one line naming it (the CLI shows it, exit code 2)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path}: embedding cache unusable ({e}); free some space, delete the file or "
+                            f"point ${CACHE_ENV} (or embedding_cache_dir) to a writable folder") from e
+
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
         """The stored vectors of those ``keys`` that are present."""
         found: dict[bytes, np.ndarray] = {}
-        with self._lock:
+        with self._lock, self._database_errors():
             conn = self._connection()
             for i in range(0, len(keys), self._BATCH):
                 chunk = list(keys[i : i + self._BATCH])
@@ -117,7 +132,7 @@ class EmbeddingCache:
 
     def put_many(self, items: Iterable[tuple[bytes, np.ndarray]]) -> None:
         rows = [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items]
-        with self._lock:
+        with self._lock, self._database_errors():
             conn = self._connection()
             with conn:
                 conn.executemany("INSERT OR REPLACE INTO emb (key, dim, vec) VALUES (?, ?, ?)", rows)
@@ -131,6 +146,62 @@ class EmbeddingCache:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+class MeanPoolEncoder:
+    """A sentence-transformers folder whose pooling is mean-of-tokens, run with plain transformers.
+
+    Reproduces sentence-transformers' ``Transformer -> Pooling(mean) -> Normalize`` stack: texts truncated to
+    ``max_seq_length`` tokens (``sentence_bert_config.json``), the attention-masked mean of the last hidden
+    states, then L2 normalisation. :meth:`load` returns ``None`` for folders it cannot reproduce.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int, device: str):
+        self.model, self.tokenizer, self.max_length, self.device = model, tokenizer, max_length, device
+
+    @classmethod
+    def load(cls, path: Path, device: str) -> MeanPoolEncoder | None:
+        import json
+
+        try:
+            modules = json.loads((path / "modules.json").read_text())
+            pooling = json.loads((path / "1_Pooling" / "config.json").read_text())
+            st_cfg = json.loads((path / "sentence_bert_config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+        mean_only = pooling.get("pooling_mode_mean_tokens") and not any(
+            v for k, v in pooling.items() if k.startswith("pooling_mode_") and k != "pooling_mode_mean_tokens")
+        if kinds not in (["Transformer", "Pooling", "Normalize"], ["Transformer", "Pooling"]) or not mean_only \
+                or st_cfg.get("do_lower_case") or any(m.get("path") for m in modules[:1]):
+            return None
+        from transformers import AutoModel, AutoTokenizer
+
+        model = AutoModel.from_pretrained(str(path)).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        return cls(model, tokenizer, int(st_cfg.get("max_seq_length") or tokenizer.model_max_length), device)
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64, **_: Any) -> np.ndarray:
+        """L2-normalised ``len(texts) x dim`` float32 embeddings (batches sorted by length, like sentence-
+        transformers); progress is logged for long inputs."""
+        import torch
+
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        n_batches = (len(texts) + batch_size - 1) // batch_size
+        step = max(1, n_batches // 10)
+        with torch.inference_mode():
+            for b, start in enumerate(range(0, len(texts), batch_size)):
+                idx = order[start:start + batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out[idx] = torch.nn.functional.normalize(mean, p=2, dim=1).float().cpu().numpy()
+                if n_batches >= 20 and (b + 1) % step == 0:
+                    logger.info("encoding texts: %d/%d batches", b + 1, n_batches)
+        return out
 
 
 class Embedder:
@@ -174,16 +245,20 @@ class Embedder:
 
     @property
     def encoder(self) -> Any:
-        """The sentence-transformers model, loaded on first use."""
+        """The encoder, loaded on first use: :class:`MeanPoolEncoder` when it reproduces the folder's pooling,
+        else the sentence-transformers model."""
         if self._encoder is None:
-            try:
-                from sentence_transformers import SentenceTransformer
-            except ImportError as e:  # pragma: no cover - depends on the environment
-                raise MissingDependencyError(
-                    "embedding features need sentence-transformers: pip install 'prefpred[embeddings]'"
-                ) from e
             t0 = time.perf_counter()
-            self._encoder = SentenceTransformer(str(self.model_path), device=resolve_device(self.device))
+            device = resolve_device(self.device)
+            self._encoder = MeanPoolEncoder.load(Path(self.model_path), device)
+            if self._encoder is None:
+                try:
+                    from sentence_transformers import SentenceTransformer
+                except ImportError as e:  # pragma: no cover - depends on the environment
+                    raise MissingDependencyError(
+                        "embedding features need sentence-transformers: pip install 'prefpred[embeddings]'"
+                    ) from e
+                self._encoder = SentenceTransformer(str(self.model_path), device=device)
             logger.info(
                 "loaded encoder %s on %s in %.1fs",
                 self.model_id,

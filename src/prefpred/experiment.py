@@ -427,8 +427,7 @@ def _plots(run_dir: Path, name: str, y: np.ndarray, probas: Mapping[str, np.ndar
         comparison[short[k]] = {"accuracy": r["accuracy"], "log_loss": r["log_loss"],
                                 "accuracy_std": r.get("accuracy_se"), "log_loss_std": r.get("log_loss_se")}
     plot_model_comparison(comparison, run_dir / "model_comparison.png",
-                          title=f"Experiment {name}: validation n={len(y)} (error bars: ± 1 SE, bootstrap over "
-                                f"{n_groups} prompt groups)")
+                          title=f"Experiment {name}: validation n={len(y)}", error_bars=f"± 1 SE, bootstrap over {n_groups} prompt groups")
     sets = {short[k]: p for k, p in probas.items() if k != "prior"}
     plot_reliability(y, sets, run_dir / "reliability.png")
 

@@ -324,7 +324,7 @@ def _plots(work: Path, name: str, metrics: dict[str, Any], split: _Split, cv: _C
                                 "log_loss_std": summary.get("log_loss", {}).get("std")}}
     if holdout:
         comparison["prior holdout"] = point(prior["holdout"])
-        comparison["model holdout"] = point(holdout["raw"])
+        comparison["model holdout (raw)"] = point(holdout["raw"])
         if "calibrated" in holdout:
             comparison["model holdout (calibrated)"] = point(holdout["calibrated"])
     plot_model_comparison(comparison, work / "model_comparison.png", title=f"Run {name}")
@@ -334,7 +334,7 @@ def _plots(work: Path, name: str, metrics: dict[str, Any], split: _Split, cv: _C
         rel_sets = {"holdout raw": hold.raw, **({"holdout calibrated": hold.final} if calibrated else {})}
         plot_reliability(y[split.hold], rel_sets, work / "reliability.png")
         plot_confusion(y[split.hold], hold.final, work / "confusion.png",
-                       title=f"Holdout confusion (n={len(hold.pairs)})")
+                       title=f"Holdout confusion, {'calibrated' if calibrated else 'raw'} (n={len(hold.pairs)})")
     else:
         plot_reliability(y[m], {"OOF": cv.oof[m]}, work / "reliability.png")
         plot_confusion(y[m], cv.oof[m], work / "confusion.png", title=f"Out-of-fold confusion (n={int(m.sum())})")

@@ -1,7 +1,12 @@
 """PNG plots (matplotlib, Agg backend): model comparison bars, reliability diagram, confusion matrix.
 
-Every function writes one PNG atomically and returns its path. They only need metrics or an ``n x 3``
+Every ``plot_*`` function writes one PNG atomically and returns its path; the matching ``*_figure`` function
+returns the matplotlib figure instead (tests read its texts). They only need metrics or an ``n x 3``
 probability array with labels, so any model's output can be plotted.
+
+Each figure says what it shows: what the error bars are (``error_bars``, default ± 1 std across folds), which
+prediction sets are drawn (e.g. holdout raw vs calibrated) in the titles, and how many rows each reliability bin
+holds (step histogram on the true bin edges, with the counts written on it).
 """
 
 from __future__ import annotations
@@ -69,13 +74,23 @@ def _bars(ax: Any, names: list[str], values: list[float], errs: list[float | Non
         ax.set_ylim(*ylim)
 
 
+DEFAULT_ERROR_BARS = "± 1 std across cross-validation folds"
+
+
 def plot_model_comparison(results: Mapping[str, Mapping[str, float]], path: str | Path,
-                          title: str | None = None) -> Path:
+                          title: str | None = None, error_bars: str = DEFAULT_ERROR_BARS) -> Path:
+    """Accuracy and log loss side by side, one bar per model or run (see :func:`model_comparison_figure`)."""
+    return _save(model_comparison_figure(results, title=title, error_bars=error_bars), path)
+
+
+def model_comparison_figure(results: Mapping[str, Mapping[str, float]], title: str | None = None,
+                            error_bars: str = DEFAULT_ERROR_BARS) -> Any:
     """Accuracy and log loss side by side, one bar per model or run.
 
     ``results`` maps a name to ``{"accuracy": ..., "log_loss": ...}``; optional ``accuracy_std`` /
-    ``log_loss_std`` draw error bars (e.g. the spread across folds). Bars keep the mapping's order.
-    A dashed line marks chance accuracy (1/3) and the log loss of the uniform prediction (ln 3).
+    ``log_loss_std`` draw error bars, and ``error_bars`` says what they are (a note under the plots: the
+    default is the spread across folds; pass e.g. "± 1 SE, bootstrap" for standard errors). Bars keep the
+    mapping's order. A dashed line marks chance accuracy (1/3) and the log loss of the uniform prediction (ln 3).
     """
     if not results:
         raise ValueError("plot_model_comparison needs at least one result")
@@ -103,18 +118,28 @@ def plot_model_comparison(results: Mapping[str, Mapping[str, float]], path: str 
           (bottom, top_ll + 0.25 * span), ref=float(np.log(3)), ref_label="uniform (ln 3)")
     if title:
         fig.suptitle(title)
+    if any(acc_e) or any(ll_e):
+        note = f"Error bars: {error_bars}" + (" (bars without one: a single value)" if not all(acc_e) else "")
+        fig.text(0.5, -0.01, note, ha="center", va="top", fontsize=8, color="dimgray")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_reliability(y: Any, proba: Any | Mapping[str, Any], path: str | Path, n_bins: int = 10,
                      title: str | None = None) -> Path:
+    """Reliability diagram as a PNG (see :func:`reliability_figure`)."""
+    return _save(reliability_figure(y, proba, n_bins=n_bins, title=title), path)
+
+
+def reliability_figure(y: Any, proba: Any | Mapping[str, Any], n_bins: int = 10, title: str | None = None) -> Any:
     """Reliability diagram.
 
     Left: top-label confidence vs accuracy per confidence bin (one line per prediction set when ``proba`` is a
-    mapping such as ``{"raw": p, "calibrated": q}``), with the ECE in the legend and the bin counts as a
-    histogram; bins with fewer than 5 rows are not drawn. Right: per-class (one-vs-rest) reliability of the
-    first prediction set: mean predicted probability of a, b and tie vs their observed frequency.
+    mapping such as ``{"holdout raw": p, "holdout calibrated": q}``; the title names the sets), with the ECE in
+    the legend and the rows per bin as step histograms on the true bin edges (one outline per set, the first
+    set's counts written on its bars); points of bins with fewer than 5 rows are not drawn. Right: per-class
+    (one-vs-rest) reliability of the first prediction set: mean predicted probability of a, b and tie vs their
+    observed frequency.
     """
     sets = dict(proba) if isinstance(proba, Mapping) else {"model": proba}
     if not sets:
@@ -131,18 +156,26 @@ def plot_reliability(y: Any, proba: Any | Mapping[str, Any], path: str | Path, n
         ece = expected_calibration_error(t, p, n_bins)
         color = _BAR_COLORS[i % len(_BAR_COLORS)]
         ax1.plot(used["confidence"], used["accuracy"], marker="o", color=color, label=f"{name} (ECE {ece:.3f})")
-        centers = (table["lower"] + table["upper"]) / 2
-        hist_ax.bar(centers + (i - (len(sets) - 1) / 2) * 0.8 / n_bins / len(sets), table["count"],
-                    width=0.8 / n_bins / len(sets), color=color, alpha=0.18)
-    hist_ax.set_ylabel("rows per bin", color="gray")
+        # counts on the real bin edges: sets overlap as outlines instead of being shifted into fake bins
+        edges_i = np.append(table["lower"].to_numpy(), table["upper"].to_numpy()[-1])
+        counts = table["count"].to_numpy()
+        hist_ax.stairs(counts, edges_i, color=color, alpha=0.7, linewidth=1.2, fill=False)
+        if i == 0:
+            hist_ax.stairs(counts, edges_i, color=color, alpha=0.12, fill=True)
+            for lo, hi, c in zip(edges_i[:-1], edges_i[1:], counts, strict=True):
+                if c:
+                    hist_ax.text((lo + hi) / 2, c, str(int(c)), ha="center", va="bottom", fontsize=7,
+                                 color="dimgray")
+    hist_ax.set_ylim(0, max(1.0, hist_ax.get_ylim()[1] * 1.1))
+    hist_ax.set_ylabel("rows per bin (histogram)", color="gray")
     hist_ax.tick_params(axis="y", colors="gray")
     ax1.set_zorder(hist_ax.get_zorder() + 1)
     ax1.patch.set_visible(False)
     ax1.set_xlim(0, 1)
     ax1.set_ylim(0, 1)
-    ax1.set_xlabel("confidence (max probability)")
+    ax1.set_xlabel(f"confidence (max probability), {n_bins} bins; bins with < {_MIN_BIN} rows: no point")
     ax1.set_ylabel("accuracy")
-    ax1.set_title("Top-label reliability")
+    ax1.set_title(f"Top-label reliability ({' vs '.join(sets)}, n={len(first)})")
     ax1.legend(loc="upper left", fontsize=8)
     ax1.grid(alpha=0.3)
 
@@ -169,11 +202,17 @@ def plot_reliability(y: Any, proba: Any | Mapping[str, Any], path: str | Path, n
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def plot_confusion(y: Any, proba: Any, path: str | Path, title: str | None = None) -> Path:
-    """Confusion matrix heat map (rows: true label, columns: predicted), with counts and row percentages."""
+    """Confusion matrix heat map as a PNG (see :func:`confusion_figure`)."""
+    return _save(confusion_figure(y, proba, title=title), path)
+
+
+def confusion_figure(y: Any, proba: Any, title: str | None = None) -> Any:
+    """Confusion matrix heat map (rows: true label, columns: predicted = argmax), with counts and row shares.
+    ``title`` should say which predictions these are (e.g. "Holdout confusion, calibrated")."""
     p = np.asarray(proba, dtype=np.float64)
     cm = confusion_matrix(y, p)
     row_sums = cm.sum(axis=1, keepdims=True)
@@ -194,4 +233,4 @@ def plot_confusion(y: Any, proba: Any, path: str | Path, title: str | None = Non
     ax.set_title(title or f"Confusion matrix (n={cm.sum()}, accuracy {acc:.3f})")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true label")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig

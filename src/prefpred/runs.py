@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from prefpred.types import Pair, UserError, check_run_name
-from prefpred.utils import atomic_write_text, json_safe, umask_mode
+from prefpred.utils import atomic_write_text, json_safe, naming_path, umask_mode
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +114,16 @@ def new_run_dir(out_dir: str | Path, name: str, *, force: bool = False) -> Itera
     os.chmod(work, umask_mode(0o777))
     (work / _OWNER_FILE).write_text(f"{os.getpid()}\n")
     try:
-        yield work
-        mark_complete(work)
-        (work / _OWNER_FILE).unlink(missing_ok=True)
-        old = None
-        if final.exists() or final.is_symlink():
-            check_run_target(final, force=force)  # the folder may have appeared meanwhile
-            old = parent / f".{name}.{secrets.token_hex(4)}.old"
-            os.replace(final, old)
-        os.replace(work, final)
+        with naming_path(final):  # an OSError naming no file (ENOSPC) names the run
+            yield work
+            mark_complete(work)
+            (work / _OWNER_FILE).unlink(missing_ok=True)
+            old = None
+            if final.exists() or final.is_symlink():
+                check_run_target(final, force=force)  # the folder may have appeared meanwhile
+                old = parent / f".{name}.{secrets.token_hex(4)}.old"
+                os.replace(final, old)
+            os.replace(work, final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
     finally:

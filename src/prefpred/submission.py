@@ -104,6 +104,9 @@ def write_predictions(ids: Sequence[Any], proba: Any, path: str | Path, labels: 
 def read_predictions(path: str | Path) -> tuple[list[str], np.ndarray]:
     """Read a Kaggle submission or a prefpred prediction file: ``(ids, n x 3 proba)`` in file order."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a directory (pass a predictions CSV, e.g. a run's holdout.csv or oof.csv)",
+                                str(path))
     if not path.is_file():
         raise FileNotFoundError(2, "No such file or directory", str(path))
     try:

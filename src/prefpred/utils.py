@@ -48,6 +48,18 @@ def umask_mode(mode: int = 0o666) -> int:
 
 
 @contextlib.contextmanager
+def naming_path(path: str | Path) -> Iterator[None]:
+    """Give ``path`` to any :class:`OSError` raised inside that names no file (a write failing with ENOSPC
+    names none), so the CLI's one-line error says where it happened."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path, *, force: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
@@ -63,8 +75,9 @@ def atomic_path(path: str | Path, *, force: bool = True) -> Iterator[Path]:
     tmp_path = Path(tmp)
     os.chmod(tmp_path, umask_mode(0o666))  # mkstemp makes 0600; outputs follow the umask like any file
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with naming_path(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -90,8 +103,60 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+_THIRD_PARTY = r"(transformers|peft|accelerate|torch|sentence_transformers|bitsandbytes|huggingface_hub)(\.|$)"
+_QUIET_MESSAGES = (
+    # prefpred truncates long texts on purpose (head + tail of each part), after tokenizing them whole
+    "Token indices sequence length is longer than the specified maximum sequence length",
+)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+_DROP_QUIET = _DropMessages(_QUIET_MESSAGES)
+
+
+def quiet_third_party(verbose: bool = False) -> None:
+    """Silence what the libraries under prefpred print that a prefpred user cannot act on.
+
+    * deprecation warnings (``FutureWarning``/``DeprecationWarning``) raised inside transformers, peft,
+      accelerate, torch, sentence-transformers, bitsandbytes and huggingface_hub;
+    * the tokenizer's "Token indices sequence length is longer than ..." (prefpred truncates on purpose);
+    * transformers' weight-loading progress bars and its info/warning chatter (errors still show), and
+      bitsandbytes' CPU kernel warnings;
+    * every other warning goes through logging: one line, not a source excerpt.
+
+    With ``verbose`` only the tokenizer message is dropped; the rest shows as usual (through logging).
+    """
+    import warnings
+
+    logging.captureWarnings(True)
+    logging.getLogger("transformers.tokenization_utils_base").addFilter(_DROP_QUIET)  # once: same object
+    if verbose:
+        return
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=_THIRD_PARTY)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("transformers", "bitsandbytes", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "transformers" in sys.modules:  # already imported: its settings were read from the environment
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Configure the ``prefpred`` logger for CLI use (library code only logs, never configures)."""
+    """Configure the ``prefpred`` logger for CLI use (library code only logs, never configures), and quiet the
+    third-party libraries (:func:`quiet_third_party`)."""
     level = logging.DEBUG if verbose else logging.INFO
     root = logging.getLogger("prefpred")
     if not root.handlers:
@@ -107,7 +172,12 @@ def setup_logging(verbose: bool = False) -> None:
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+        warnings_logger = logging.getLogger("py.warnings")  # warnings as one log line each (captureWarnings)
+        if not warnings_logger.handlers:
+            warnings_logger.addHandler(handler)
+            warnings_logger.propagate = False
     root.setLevel(level)
+    quiet_third_party(verbose)
 
 
 def repo_shared_data() -> Path | None:

@@ -1,11 +1,16 @@
 """The root ``prefpred`` Typer app and its sub-command groups.
 
 Command modules (``prefpred.cli.*_cmds``) attach commands to these apps; :mod:`prefpred.cli` imports them all.
-User errors (:class:`~prefpred.types.UserError`, missing or existing files) become one line on stderr and exit
-code 2, never a traceback.
+User errors (:class:`~prefpred.types.UserError`) and every :class:`OSError` (missing or existing files, a
+read-only folder, a full disk, a path under a file) become one line on stderr and exit code 2, never a
+traceback: the line names the path and the reason. ``--verbose`` also logs the traceback at debug level.
 """
 
 from __future__ import annotations
+
+import errno
+import logging
+import re
 
 import click
 import typer
@@ -14,6 +19,31 @@ from typer.core import TyperGroup
 from prefpred.types import UserError
 
 EXIT_USER_ERROR = 2
+logger = logging.getLogger("prefpred.cli")
+# the hidden temporary names of atomic writes (``.NAME.<random>.tmp``) are shown as the NAME being written
+_TMP_NAME = re.compile(r"(^|/)\.([^/]+)\.[A-Za-z0-9_]{6,12}\.tmp(?=/|$)")
+
+_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EROFS: "write elsewhere, e.g. --out",
+    errno.EACCES: "check the permissions or write elsewhere",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an :class:`OSError`: ``path: reason`` (both paths of a failed rename), plus a hint."""
+    reason = e.strerror or (str(e.args[0]) if e.args else "") or type(e).__name__
+    if e.filename is None and e.strerror is None and e.args:  # OSError("already a full sentence")
+        return " ".join(str(e).split())[:300]
+    where = ""
+    if e.filename is not None:
+        where = _TMP_NAME.sub(r"\1\2", str(e.filename))
+        if getattr(e, "filename2", None) and str(e.filename2) != where:
+            where += f" -> {e.filename2}"
+    hint = _HINTS.get(e.errno or -1)
+    line = f"{where}: {reason}" if where else reason
+    return f"{line} ({hint})" if hint else line
 
 
 class _PrefpredGroup(TyperGroup):
@@ -21,15 +51,54 @@ class _PrefpredGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except UserError as e:
+            logger.debug("user error", exc_info=True)
             _fail(e.one_line())
-        except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-                PermissionError) as e:
-            msg = f"{e.filename}: {e.strerror}" if getattr(e, "filename", None) and e.strerror else str(e)
-            _fail(msg)
+        except OSError as e:  # read-only folder, full disk, missing file, path under a file, ...
+            logger.debug("OS error", exc_info=True)
+            _fail(os_error_line(e))
+
+
+def _tidy_help() -> None:
+    """Help text as users expect it: typer 0.29 prints ``<bool>`` beside every flag (``--force <bool>``, which
+    reads as if it took a value) and wraps required arguments in braces in usage lines (``{PATH}``). Flags show
+    no type and arguments their plain name. Only display methods are replaced; a typer without them is left
+    as it is (tests/test_cli_errors.py checks the help text)."""
+    try:
+        from typer.core import TyperArgument, TyperOption
+    except ImportError:  # pragma: no cover - other typer versions
+        return
+    show_type = getattr(TyperOption, "display_type_rich", None)
+    if show_type is not None and not getattr(show_type, "_prefpred", False):
+        def display_type_rich(self, ctx):
+            return None if self.is_flag and self.metavar is None else show_type(self, ctx)
+
+        display_type_rich._prefpred = True  # type: ignore[attr-defined]
+        TyperOption.display_type_rich = display_type_rich
+    if hasattr(TyperArgument, "_usage_display_name"):
+        def usage_name(self) -> str:
+            name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        TyperArgument._usage_display_name = usage_name
+
+
+_tidy_help()
+
+
+MAX_ERROR_CHARS = 600
+
+
+def printable_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` as one terminal-safe line: whitespace runs become one space, other control characters, lone
+    surrogates (undecodable bytes) and the like are escaped, and the line is trimmed to ``limit`` characters."""
+    text = " ".join(text.split())
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {printable_line(message)}", err=True)
     raise typer.Exit(EXIT_USER_ERROR)
 
 

@@ -44,7 +44,7 @@ def _load_model(model: str, head: str, *, device: str, dtype: str, seed: int):
 def bench_inference(
     model: str = typer.Option(..., "--model", help="Model directory or hub id ('minilm' = the offline MiniLM)."),
     data: Path = typer.Option(..., "--data", help="Pairs file (Kaggle/HF Arena CSV/parquet, prefpred JSONL, ...)."),
-    limit: int | None = typer.Option(200, "--limit", help="Score the first N pairs (0 = all)."),
+    limit: int | None = typer.Option(200, "--limit", min=0, help="Score the first N pairs (0 = all)."),
     style: str | None = typer.Option(None, "--style", help="Prompt style (default: criteria-10; "
                                      "classifier with --head classifier)."),
     head: str | None = typer.Option(None, "--head", help="label-token (causal LM judge) or classifier "

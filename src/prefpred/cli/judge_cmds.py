@@ -17,7 +17,7 @@ def judge(
     style: str = typer.Option("seed-digits", "--style",
                               help="Prompt style: seed-digits (the study's prompt), criteria-10, classifier."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write predictions (id,p_a,p_b,p_tie[,label]) here."),
-    limit: int | None = typer.Option(None, "--limit", help="Judge only the first N pairs."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Judge only the first N pairs."),
     max_length: int = typer.Option(2048, "--max-length", help="Token cap per prompt (pairs are truncated, "
                                    "never dropped)."),
     parse_generation: bool = typer.Option(False, "--parse-generation",

@@ -65,7 +65,7 @@ def run_cmd(
     seed: int | None = typer.Option(None, "--seed", help="One seed for splits, training and RNGs (default: 42)."),
     folds: int | None = typer.Option(None, "--folds", help="Cross-validation folds (default: 5)."),
     holdout: float | None = typer.Option(None, "--holdout", help="Holdout fraction, 0 for none (default: 0.2)."),
-    limit: int | None = typer.Option(None, "--limit", help="Use only the first N rows."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N rows."),
     extra_data: str | None = typer.Option(None, "--extra-data",
                                           help="Extra pairs (e.g. teacher-labelled JSONL) added to training only."),
     extra_weight: float | None = typer.Option(None, "--extra-weight", help="Sample weight of the extra pairs (default: 1)."),

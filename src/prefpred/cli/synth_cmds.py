@@ -71,7 +71,7 @@ def label(
     cache: Path = typer.Option(None, "--cache", help=_CACHE),
     retry_failed: bool = typer.Option(False, "--retry-failed", help=_RETRY_FAILED),
     format: str = typer.Option("auto", "--format", help="Reader of --data (see `prefpred data validate`)."),
-    limit: int = typer.Option(None, "--limit", help="Label only the first N pairs."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Label only the first N pairs."),
     price_in: float = typer.Option(None, "--price-in", help=_PRICE_IN),
     price_out: float = typer.Option(None, "--price-out", help=_PRICE_OUT),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a tty)."),

@@ -225,7 +225,8 @@ def generate_answers(pairs: Sequence[Pair], model, tokenizer, style: PromptStyle
 
     Prompts are rendered with ``max_tokens=max_length`` (the same text the label-token mode scores), sorted
     by length and left-padded into batches of at most ``max_batch_size`` sequences and ``token_budget``
-    padded tokens.
+    padded tokens. Prompt and answer must fit the model's context (``max_position_embeddings``): prompts are
+    capped below it and ``max_new_tokens`` is clamped per batch to the room left (logged once).
     """
     import torch
     from tqdm.auto import tqdm
@@ -234,6 +235,11 @@ def generate_answers(pairs: Sequence[Pair], model, tokenizer, style: PromptStyle
     from prefpred.inference.engine import model_device
 
     chat = has_chat_template(tokenizer)
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(context, int) and context > 1:
+        max_length = min(max_length, context - min(max_new_tokens, max(1, context // 2)))
+    else:
+        context = None
     texts = [style.render(p, tokenizer, max_tokens=max_length) for p in pairs]
     ids = tokenizer(texts, add_special_tokens=not chat)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -251,6 +257,7 @@ def generate_answers(pairs: Sequence[Pair], model, tokenizer, style: PromptStyle
                 continue
         batches.append([i])
     out: list[str] = [""] * len(ids)
+    clamped = False
     with torch.inference_mode():
         for batch in tqdm(batches, desc="generating", disable=not sys.stderr.isatty()):
             width = max(len(ids[i]) for i in batch)
@@ -260,8 +267,13 @@ def generate_answers(pairs: Sequence[Pair], model, tokenizer, style: PromptStyle
                 n = len(ids[i])
                 input_ids[row, width - n:] = torch.tensor(ids[i], dtype=torch.long)
                 mask[row, width - n:] = 1
+            n_new = max(1, min(max_new_tokens, context - width)) if context else max_new_tokens
+            if n_new < max_new_tokens and not clamped:
+                clamped = True
+                logger.warning("max_new_tokens %d does not fit the %d-token context after a %d-token prompt: "
+                               "generating %d", max_new_tokens, context, width, n_new)
             gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                 generation_config=gen_cfg)
+                                 generation_config=gen_cfg, max_new_tokens=n_new)
             new = gen[:, width:].cpu()
             for row, i in enumerate(batch):
                 out[i] = tokenizer.decode(new[row].tolist(), skip_special_tokens=True)

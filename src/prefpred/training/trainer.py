@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from prefpred.training.config import LLMModelConfig, TrainingConfig
 from prefpred.types import ConfigError, Pair
@@ -174,6 +174,17 @@ class MetricsJsonl(TrainerCallback):
 
         assert self.path is not None
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+
+class LogProgress(TrainerCallback):
+    """Training progress as log lines (``step 20/100: loss 1.0712, learning_rate 2e-05``) instead of the
+    Trainer's tqdm bars with its log dicts printed between them (``disable_tqdm`` is set)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items() if k != "epoch"]
+        logger.info("step %d/%s: %s", state.global_step, state.max_steps or "?", ", ".join(parts))
 
 
 def normalize_log(logs: dict[str, Any], step: int) -> dict[str, Any] | None:
@@ -334,7 +345,7 @@ def training_arguments(tcfg: TrainingConfig, model_cfg: LLMModelConfig, output_d
         ddp_find_unused_parameters=False if model_cfg.method != "full" else None,
         deepspeed=tcfg.deepspeed,
         report_to="none",
-        disable_tqdm=None,
+        disable_tqdm=True,  # LogProgress logs each logging step instead of bars interleaved with log dicts
     )
     if single_process and device.startswith("cuda"):
         _ = args.device  # set up devices first, then keep the Trainer off nn.DataParallel: one process, one GPU
@@ -404,7 +415,7 @@ def run_training(model, tokenizer, style, train_pairs: Sequence[Pair], eval_pair
     score_eval = _eval_scorer(eval_pairs, tokenizer, style, head, label_token_ids, inference_cfg,
                               model_cfg.max_length) if eval_pairs else None
     metrics_cb = MetricsJsonl(output_dir / METRICS_FILE if write_metrics else None)
-    cbs: list[TrainerCallback] = [metrics_cb]
+    cbs: list[TrainerCallback] = [metrics_cb, LogProgress()]
     if eval_ds is not None and tcfg.early_stopping_patience:
         cbs.append(EarlyStoppingCallback(tcfg.early_stopping_patience, tcfg.early_stopping_threshold))
     cbs.extend(callbacks)
@@ -413,6 +424,7 @@ def run_training(model, tokenizer, style, train_pairs: Sequence[Pair], eval_pair
         processing_class=tokenizer, callbacks=cbs, head=head, label_token_ids=label_token_ids,
         label_token_loss=tcfg.label_token_loss, score_eval=score_eval,
     )
+    trainer.remove_callback(PrinterCallback)  # it print()s each log dict; LogProgress logs them
     resume = last_checkpoint(args.output_dir) if tcfg.resume else None
     if resume:
         logger.info("resuming from %s", resume)
