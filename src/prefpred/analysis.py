@@ -49,7 +49,7 @@ LENGTH_DIFF_BUCKETS: tuple[tuple[str, float, float], ...] = (
 _CODE = re.compile(r"```|\bdef |\bclass |\bimport |#include|\bfunction\b|\bSELECT\b|\bpython\b|\bjava(script)?\b|"
                    r"\bc\+\+|\bsql\b|\bcode\b|\bbug\b|\bcompile|\bregex\b|\bapi\b|\bscript\b|\bhtml\b|\bjson\b",
                    re.IGNORECASE)
-_MATH = re.compile(r"\d\s*[-+*/^=]\s*\d|\bsolve\b|\bequation|\bcalculat|\bintegral|\bderivative|\bprobabilit|"
+_MATH = re.compile(r"\d\s*[+*/^=]\s*\d|\d\s+-\s+\d|\bsolve\b|\bequation|\bcalculat|\bintegral|\bderivative|\bprobabilit|"
                    r"\bmath|\bsum of\b|\bhow many\b|\bprime\b|\bx\^?2\b|\bproof\b|\bprove\b", re.IGNORECASE)
 _WRITING = re.compile(r"\bwrite\b|\bessay|\bpoem|\bstory|\bletter\b|\bemail\b|\brewrite|\brephrase|\bparagraph|"
                       r"\bsong\b|\blyrics|\bslogan|\bblog|\barticle|\bcover letter|\bhaiku", re.IGNORECASE)
@@ -180,3 +180,17 @@ def analysis_section(analysis: Mapping[str, Any] | None) -> list[str]:
                          f"{e['true']} ({e['p_true']:.2f}) | {e['len_a']:,} | {e['len_b']:,} |")
         lines.append("")
     return lines
+
+
+def write_analysis(run_dir: Any, pairs: Sequence[Pair], proba: Any, *, on: str = "out-of-fold") -> dict[str, Any]:
+    """:func:`analyze` the predictions and draw ``errors_by_segment.png`` into ``run_dir``; returns the analysis
+    (what a run stores as ``metrics["analysis"]``)."""
+    from pathlib import Path
+
+    from prefpred.plots import plot_segment_log_loss
+
+    result = analyze(pairs, proba, on=on)
+    if result["segments"]:
+        plot_segment_log_loss(result["segments"], Path(run_dir) / "errors_by_segment.png",
+                              title=f"Log loss by segment ({on})")
+    return result

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from prefpred.calibration import METHODS, Calibrator
 from prefpred.config import RunBase, save_config
+from prefpred.evaluation import align_predictions, evaluate_predictions  # noqa: F401  (moved; re-exported)
 from prefpred.metrics import (
     compute_metrics,
     fold_summary,
@@ -46,9 +47,9 @@ from prefpred.metrics import (
 from prefpred.models.cpu import CPUModelConfig, CPUPreferenceModel
 from prefpred.runs import CALIBRATION_FILE, check_run_target, load_predictor, new_run_dir, write_metrics
 from prefpred.splits import SplitConfig, holdout_mask, iter_folds, make_splits, normalize_prompt, save_splits
-from prefpred.submission import read_predictions, write_predictions
+from prefpred.submission import write_predictions
 from prefpred.types import ConfigError, DataError, Pair, label_matrix
-from prefpred.utils import json_safe, set_seed
+from prefpred.utils import set_seed
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +264,8 @@ def run_job(cfg: RunConfig) -> Path:
             "top_features": _top_features(final),
             "data": pairs_summary(pairs),
         }
+        from prefpred.analysis import write_analysis  # error analysis section + errors_by_segment.png
+        metrics["analysis"] = write_analysis(work, cv_pairs, oof[cv_mask], on="out-of-fold")
 
         # 8. plots + report ----------------------------------------------------------------------------
         from prefpred.plots import plot_confusion, plot_model_comparison, plot_reliability
@@ -304,33 +307,3 @@ def run_job(cfg: RunConfig) -> Path:
 def predict_run(run_dir: str | Path, pairs: Sequence[Pair], calibrated: bool = True) -> np.ndarray:
     """``n x 3`` predictions of a run's final model (calibrated when the run fitted a calibrator)."""
     return load_predictor(run_dir, calibrated=calibrated).predict_proba(pairs)
-
-
-def align_predictions(pred_path: str | Path, pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and predictions of ``pairs`` (in their order) from a prediction or submission file.
-
-    Every pair must be labelled and have a prediction; predictions for other ids are ignored (logged).
-    """
-    ids, proba = read_predictions(pred_path)
-    index = {i: k for k, i in enumerate(ids)}
-    missing = [p.id for p in pairs if p.id not in index]
-    if missing:
-        raise DataError(f"{len(missing)} of {len(pairs)} pair(s) have no prediction (e.g. id {missing[0]!r})",
-                        path=str(pred_path))
-    _validate(list(pairs), "evaluation data")
-    unused = len(ids) - len(pairs)
-    if unused > 0:
-        logger.warning("%s: %d prediction(s) for ids not in the data are ignored", pred_path, unused)
-    order = np.asarray([index[p.id] for p in pairs], dtype=int)
-    return label_matrix(pairs), proba[order]
-
-
-def evaluate_predictions(pred_path: str | Path, pairs: Sequence[Pair]) -> dict[str, Any]:
-    """Metrics of a prediction file against labelled pairs: headline metrics, segments, confusion matrix."""
-    from prefpred.metrics import confusion_matrix
-
-    y, proba = align_predictions(pred_path, pairs)
-    out: dict[str, Any] = compute_metrics(y, proba)
-    out["confusion"] = confusion_matrix(y, proba).tolist()
-    out["segments"] = segment_metrics(list(pairs), proba).to_dict(orient="records")
-    return json_safe(out)

@@ -93,6 +93,7 @@ def plots_section(plots: Sequence[str], captions: Mapping[str, str] | None = Non
 
 def render_report(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     """Markdown text of the report for a run's ``metrics.json`` content; ``plots`` are PNG names to embed."""
+    from prefpred.analysis import analysis_section
     m = metrics
     lines: list[str] = [f"# prefpred run `{m.get('name', '?')}`", ""]
     lines.append(f"Created {m.get('created', '?')} · seed {m.get('seed', '?')} · model `{m.get('model_kind', '?')}` · "
@@ -159,8 +160,9 @@ def render_report(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     lines += plots_section([p for p, _ in PLOTS if p in plots] + [p for p in plots if p not in dict(PLOTS)],
                            dict(PLOTS))
 
+    lines += analysis_section(m.get("analysis"))  # error analysis (prefpred.analysis); replaces "Segments"
     segs = m.get("segments") or []
-    if segs:
+    if segs and not m.get("analysis"):
         lines += ["## Segments", "", f"Metrics per segment of the {m.get('segments_on', 'out-of-fold')} predictions.",
                   ""]
         lines += [_table(["segment", "value", "n", "share", "log loss", "accuracy", "Brier"],
@@ -207,6 +209,10 @@ def build_report(run_dir: str | Path) -> Path:
         from prefpred.experiment import render_experiment_report
 
         return atomic_write_text(run_dir / "report.md", render_experiment_report(metrics, plots))
+    if metrics.get("kind") == "ensemble":  # `prefpred ensemble` runs too
+        from prefpred.ensemble.report import render_ensemble_report
+
+        return atomic_write_text(run_dir / "report.md", render_ensemble_report(metrics, plots))
     if metrics.get("model_kind") == "llm":  # so do LLM training runs
         from prefpred.training.job import render_train_report
 
