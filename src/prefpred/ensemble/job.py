@@ -136,7 +136,7 @@ def build_ensemble(cfg: EnsembleConfig) -> Path:
     member_rows: dict[str, dict[str, Any]] = {}
     for m in members:
         member_rows[m.name] = {"path": str(m.path), "kind": m.kind, "source": m.source,
-                               "calibrated": m.calibrated, "oof": compute_metrics(y, m.proba)}
+                               "has_calibration": m.calibrated, "oof": compute_metrics(y, m.proba)}
     if hold is not None:
         h_ids, Ph, h_labels = hold
         Xh, _ = _features(by_id, h_ids) if X is not None else (None, None)

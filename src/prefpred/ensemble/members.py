@@ -8,9 +8,11 @@ rows and the ``splits.csv`` they came from:
 * ``validation.csv`` (``prefpred train``: one validation part), whose rows are put in :data:`VALIDATION_FOLDS`
   folds by a stable hash of their prompt group, so the ensemble can still be validated fold by fold.
 
-The member's predictions are taken as the member serves them: its ``calibration.json`` (fitted by the run on the
-same out-of-fold rows) is applied, exactly as :func:`prefpred.runs.load_predictor` applies it at predict time.
-``holdout.csv`` (already calibrated) is read when present.
+Members enter the ensemble *raw*: a run's ``calibration.json`` was fitted on the very out-of-fold rows the ensemble
+is fitted and validated on, so applying it would make every member look better than it is; the ensemble
+calibrates the blend itself (and its predictor loads members with ``calibrated=False``). ``holdout.csv`` holds
+calibrated predictions; the run's temperature / bias calibration is undone exactly (a softmax of ``w log p + b``
+with one scale ``w`` is inverted up to a per-row constant); a holdout calibrated otherwise is not used.
 
 :func:`load_members` refuses, with one line naming the runs, members whose ids, labels or folds differ (they were
 run on other data, another seed or another split config) or that use different prediction files.
@@ -72,6 +74,19 @@ def _read_labelled(path: Path) -> tuple[list[str], np.ndarray, list[str] | None]
     return ids, proba, labels
 
 
+def uncalibrate(calibrator: Any, q: np.ndarray) -> np.ndarray | None:
+    """The raw probabilities behind ``calibrator.transform(p) == q`` for one-scale (temperature / bias)
+    calibrators; ``None`` for per-class scales, which cannot be undone."""
+    w, b = np.asarray(calibrator.weights_, dtype=np.float64), np.asarray(calibrator.bias_, dtype=np.float64)
+    if not np.allclose(w, w[0]) or w[0] <= 0:
+        logger.warning("calibration with per-class scales cannot be undone: holdout not used")
+        return None
+    z = (np.log(np.clip(q, 1e-300, None)) - b) / w[0]
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def _stable_fold(group: str, k: int) -> int:
     return int.from_bytes(hashlib.sha256(group.encode()).digest()[:4], "big") % k
 
@@ -99,12 +114,11 @@ def read_member(run_dir: str | Path, name: str | None = None) -> Member:
     ids, proba, labels = _read_labelled(info.path / source)
     if labels is None:
         raise EnsembleError(f"{info.path / source}: no 'label' column (members need labelled held-out rows)")
-    calibrated = False
+    calibrator = None
     if (info.path / CALIBRATION_FILE).is_file():
         from prefpred.calibration import Calibrator
 
-        proba = Calibrator.load(info.path / CALIBRATION_FILE).transform(proba)
-        calibrated = True
+        calibrator = Calibrator.load(info.path / CALIBRATION_FILE)
     splits = load_splits(info.path / "splits.csv").set_index("id")
     missing = [i for i in ids if i not in splits.index]
     if missing:
@@ -121,13 +135,15 @@ def read_member(run_dir: str | Path, name: str | None = None) -> Member:
     h_ids = h_proba = h_labels = None
     if (info.path / "holdout.csv").is_file():
         h_ids, h_proba, h_labels = _read_labelled(info.path / "holdout.csv")
+        h_proba = uncalibrate(calibrator, h_proba) if calibrator is not None else h_proba
+    if h_proba is not None:
         h_order = np.argsort(np.asarray(h_ids, dtype=object), kind="stable")
         h_ids, h_proba = [h_ids[i] for i in h_order], h_proba[h_order]
         h_labels = [h_labels[i] for i in h_order] if h_labels is not None else None
     return Member(name=name or info.path.name, path=info.path.resolve(), kind=info.kind, source=source,
                   ids=[ids[i] for i in order], proba=proba[order], labels=[labels[i] for i in order],
                   folds=folds[order], holdout_ids=h_ids, holdout_proba=h_proba, holdout_labels=h_labels,
-                  data_path=_data_path(info), calibrated=calibrated)
+                  data_path=_data_path(info), calibrated=calibrator is not None)
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
@@ -186,7 +202,7 @@ def load_members(run_dirs: Sequence[str | Path]) -> list[Member]:
 def holdout_arrays(members: Sequence[Member]) -> tuple[list[str], np.ndarray, list[str]] | None:
     """``(ids, members x n x 3, labels)`` of the holdout when every member has the same labelled one."""
     ref = members[0]
-    if any(m.holdout_ids is None or m.holdout_labels is None for m in members):
+    if any(m.holdout_ids is None or m.holdout_proba is None or m.holdout_labels is None for m in members):
         return None
     if any(m.holdout_ids != ref.holdout_ids for m in members):
         logger.warning("members' holdout.csv files cover different ids: the holdout is not scored")

@@ -1,11 +1,12 @@
 """The ``ensemble`` run kind's predictor: load every member run, score the pairs with each, combine.
 
 Registered with :func:`prefpred.runs.register_predictor`, so :func:`prefpred.runs.load_predictor` (and with it
-``prefpred predict``, ``evaluate`` and ``serve``) works on ensemble runs. Members are loaded as they serve
-predictions (their own calibration applied), which is how their held-out predictions entered the fit; the
-ensemble's own calibrator is applied unless ``calibrated=False`` (``--raw``). A member path is looked up
-relative to the ensemble directory first, then as the absolute path it had when the ensemble was built, so
-moving a folder of runs together keeps it working. An ensemble may itself be a member of another ensemble.
+``prefpred predict``, ``evaluate`` and ``serve``) works on ensemble runs. Members are loaded raw (without their own calibration),
+which is how their held-out predictions entered the fit; the ensemble's own calibrator is applied unless
+``calibrated=False`` (``--raw``). A member path is looked up relative to the ensemble directory first, then as the
+absolute path it had when the ensemble was built, so moving a folder of runs together keeps it working. An
+ensemble may itself be a member of another ensemble (it is loaded calibrated: its ``oof.csv`` is its calibrated,
+nested output).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from prefpred.calibration import Calibrator
 from prefpred.ensemble.blend import Candidate, CandidateSpec, combiner_from_dict, pair_features
 from prefpred.ensemble.job import WEIGHTS_FILE
-from prefpred.runs import Predictor, RunError, RunInfo, load_predictor, register_predictor
+from prefpred.runs import Predictor, RunError, RunInfo, load_predictor, read_run, register_predictor
 from prefpred.types import Pair
 
 
@@ -67,6 +68,9 @@ def load_ensemble(info: RunInfo, calibrated: bool) -> EnsemblePredictor:
         entries = list(spec["members"])
     except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"{path}: damaged ({type(e).__name__}: {e})") from None
-    members = [load_predictor(_member_dir(info.path, e), calibrated=True) for e in entries]
+    members = []
+    for entry in entries:
+        member_dir = _member_dir(info.path, entry)
+        members.append(load_predictor(member_dir, calibrated=read_run(member_dir).kind == "ensemble"))
     return EnsemblePredictor(members, Candidate(cand_spec, combiner, cal), bool(spec.get("pair_features")),
                              calibrated)

@@ -41,8 +41,8 @@ def render_ensemble_report(m: Mapping[str, Any], plots: Sequence[str] = ()) -> s
     rows.append(["**ensemble**", m.get("method", ""), 1.0, o.get("log_loss"), o.get("accuracy"),
                  (h.get("calibrated") or h.get("raw") or {}).get("log_loss")])
     lines += _table(["run", "kind", "weight", "OOF log loss", "OOF accuracy", "holdout log loss"], rows)
-    lines += ["Members' out-of-fold predictions are used as the members serve them (their own calibration "
-              "applied). The ensemble's OOF number is *nested*: each fold was predicted by a method chosen and "
+    lines += ["Members' out-of-fold predictions are used raw (a member's own calibration was fitted on these "
+              "very rows); the ensemble calibrates the blend itself. The ensemble's OOF number is *nested*: each fold was predicted by a method chosen and "
               "fitted on the other folds only. Stacker weights are the share of its coefficient mass.", ""]
     lines += ["## Candidates (cross-validated log loss)", ""]
     cands = cv.get("candidates") or {}
