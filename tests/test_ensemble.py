@@ -62,7 +62,8 @@ def test_selection_prefers_real_blend_and_nested_oof_covers_every_row():
     y, P = _planted_members(400, seed=3)
     folds = np.arange(400) % 4
     cv = cross_validate(P, y, folds)
-    assert set(cv.log_loss) >= {"best-member", "blend-prob", "stack-logistic+temperature"}
+    assert set(cv.log_loss) >= {"blend-prob", "blend-logit+bias", "stack-logistic+temperature"}
+    assert "best-member" not in cv.log_loss  # a vertex of the blend, left out of the choice
     nested, chosen = nested_oof(P, y, folds)
     assert np.isfinite(nested).all() and len(chosen) == 4
     assert log_loss(y, nested) < log_loss(y, P[0])  # far better than a noise member

@@ -88,14 +88,19 @@ def _features(by_id: dict[str, Pair] | None, ids: list[str]) -> tuple[np.ndarray
 
 
 def _per_fold(members: list[Member], y: np.ndarray, folds: np.ndarray, nested: np.ndarray) -> list[dict]:
+    """Per fold: the nested ensemble against the best member (lowest pooled OOF log loss) and, in hindsight,
+    against the member that happened to be best on that fold."""
+    pooled = {mb.name: log_loss(y, mb.proba) for mb in members}
+    best = min(pooled, key=pooled.get)
     rows = []
     for k in np.unique(folds):
         m = folds == k
         member_ll = {mb.name: log_loss(y[m], mb.proba[m]) for mb in members}
-        best = min(member_ll, key=member_ll.get)
+        fold_best = min(member_ll, key=member_ll.get)
         ens = log_loss(y[m], nested[m])
         rows.append({"fold": int(k), "n": int(m.sum()), "ensemble": ens, "best_member": best,
-                     "best_member_log_loss": member_ll[best], "members": member_ll,
+                     "best_member_log_loss": member_ll[best], "fold_best_member": fold_best,
+                     "fold_best_log_loss": member_ll[fold_best], "members": member_ll,
                      "not_worse": bool(ens <= member_ll[best] + 1e-12)})
     return rows
 

@@ -50,11 +50,16 @@ def render_ensemble_report(m: Mapping[str, Any], plots: Sequence[str] = ()) -> s
                                                 for k, v in sorted(cands.items(), key=lambda kv: kv[1])])
     per_fold = cv.get("per_fold") or []
     if per_fold:
-        lines += ["## Per fold: ensemble vs its best member", ""]
+        lines += ["## Per fold: ensemble vs its best member", "",
+                  "The best member is the one with the lowest pooled out-of-fold log loss; the last column names the "
+                  "member that was best on that fold in hindsight.", ""]
         choices = {c["fold"]: c["chosen"] for c in cv.get("nested_choices") or []}
-        lines += _table(["fold", "n", "chosen inside", "ensemble", "best member", "its log loss", "not worse"],
-                        [[f["fold"], f["n"], choices.get(f["fold"], "?"), f["ensemble"], f"`{f['best_member']}`",
-                          f["best_member_log_loss"], "yes" if f["not_worse"] else "**no**"] for f in per_fold])
+        lines += _table(["fold", "n", "chosen inside", "ensemble", "best member", "not worse", "fold's best"],
+                        [[f["fold"], f["n"], choices.get(f["fold"], "?"), f["ensemble"],
+                          f"`{f['best_member']}` {fmt(f['best_member_log_loss'])}",
+                          "yes" if f["not_worse"] else "**no**",
+                          f"`{f.get('fold_best_member', '?')}` {fmt(f.get('fold_best_log_loss'))}"]
+                         for f in per_fold])
     if h:
         lines += ["## Holdout", ""]
         lines += _table(["predictions", "log loss", "accuracy", "ECE", "n"],

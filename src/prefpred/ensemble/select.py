@@ -2,8 +2,8 @@
 
 The members' out-of-fold predictions carry the fold of each row (the members' shared ``splits.csv``).
 
-* :func:`cross_validate` fits every candidate (:data:`~prefpred.ensemble.blend.DEFAULT_CANDIDATES`: best member,
-  probability- and logit-space blends, stacking, each raw and calibrated) on all folds but one and predicts the
+* :func:`cross_validate` fits every candidate (:data:`~prefpred.ensemble.blend.DEFAULT_CANDIDATES`:
+  probability- and logit-space blends and stacking, each raw, temperature- and bias-calibrated) on all folds but one and predicts the
   one left out: one out-of-fold prediction per candidate; the candidate with the lowest pooled log loss wins.
 * :func:`nested_oof` scores the *procedure* (choose a candidate, then fit it) without peeking: for each outer
   fold it runs :func:`cross_validate` on the remaining folds only, fits the candidate that wins there on them and
@@ -11,7 +11,7 @@ The members' out-of-fold predictions carry the fold of each row (the members' sh
   member's own out-of-fold log loss.
 
 Limits: with fewer than three folds there is no inner validation; :func:`nested_oof` then falls back to the
-best member of the training folds. Ties in log loss go to the simpler candidate (the order of the list).
+plain probability blend. Ties in log loss go to the simpler candidate (the order of the list).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def nested_oof(P: np.ndarray, y: np.ndarray, folds: np.ndarray, X: np.ndarray | 
             inner = cross_validate(P[:, tr], y[tr], folds[tr], _take(X, tr), candidates)
             spec = inner.best
         else:
-            spec = CandidateSpec("best-member")
+            spec = CandidateSpec("blend-prob")
         cand = Candidate.fit(spec, P[:, tr], y[tr], _take(X, tr))
         out[va] = cand.predict(P[:, va], _take(X, va))
         chosen.append({"fold": int(k), "chosen": spec.name, "n": int(len(va)),
