@@ -28,7 +28,7 @@ def ensemble_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name."),
 ) -> None:
     """Blend runs: simplex weights (probability or logit space) or stacking, chosen by nested validation over the
-    members' folds, then calibrated. Writes a run that `predict`, `evaluate` and `serve` take."""
+    members' folds, calibrated when that validates better. Writes a run that `predict`, `evaluate` and `serve` take."""
     from prefpred.ensemble import EnsembleConfig, build_ensemble
 
     cfg = EnsembleConfig(members=[str(r) for r in runs], name=name, out_dir=out, data=data,
