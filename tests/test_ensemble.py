@@ -58,6 +58,17 @@ def test_stacker_is_swap_consistent():
     np.testing.assert_allclose(restored.predict(P, X), direct, atol=1e-12)
 
 
+@pytest.mark.parametrize("spec", [CandidateSpec("blend-prob", "bias"), CandidateSpec("blend-logit", "temperature"),
+                                  CandidateSpec("stack-logistic", "bias")])
+def test_calibrated_candidates_stay_swap_consistent(spec):
+    y, P = _planted_members(300, seed=4)
+    y = np.vstack([y[:200], np.eye(3)[np.zeros(100, dtype=int)]])  # far more A wins than B wins
+    P = np.concatenate([P[:, :200], P[:, 200:]], axis=1)
+    P = (P + P[:, :, [1, 0, 2]]) / 2  # swap-consistent members
+    cand = Candidate.fit(spec, P, y)
+    np.testing.assert_allclose(cand.predict(P[:, :, [1, 0, 2]])[:, [1, 0, 2]], cand.predict(P), atol=1e-9)
+
+
 def test_selection_prefers_real_blend_and_nested_oof_covers_every_row():
     y, P = _planted_members(400, seed=3)
     folds = np.arange(400) % 4

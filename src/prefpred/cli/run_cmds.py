@@ -187,7 +187,9 @@ def _evaluate_one(pred: Path | None, data: str | None, run: Path | None, *, raw:
         raise UserError("give --pred FILE (with --data, unless it is a run's own prediction file) or --run DIR")
     if pred is not None and run is not None:
         raise UserError("give either --pred or --run, not both")
-    data = data or (run_data_path(pred) if pred is not None else None)
+    if run is not None and data is None:
+        raise UserError("--run needs --data (pairs to predict and score) or --suite")
+    data = data or run_data_path(pred)
     if data is None:
         raise UserError("--data is needed (the prediction file is not inside a run directory that names its data)")
     pairs = load_pairs(data, skip_invalid=skip_invalid)

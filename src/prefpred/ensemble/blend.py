@@ -13,7 +13,7 @@ tie) and, for stacking, a few cheap pair features (:func:`pair_features`). All a
   ensemble must beat).
 
 :class:`Candidate` adds an optional calibrator (:class:`prefpred.calibration.Calibrator`) fitted on the
-combiner's own in-sample output. Limits: the weights are fitted on the rows they are scored on unless the
+combiner's own in-sample output and its A/B mirror, so it keeps the blend swap-consistent. Limits: the weights are fitted on the rows they are scored on unless the
 caller holds rows out (:mod:`prefpred.ensemble.select` does, fold by fold); with few rows per class the
 stacker's L2 penalty (``C``) matters.
 """
@@ -275,7 +275,12 @@ class Candidate:
         combiner = spec.make().fit(P, y, X)
         calibrator = None
         if spec.calibration != "none":
-            calibrator = Calibrator(spec.calibration).fit(combiner.predict(P, X), y)
+            # fitted on every row and its A/B mirror: the optimum then has equal offsets for A and B, so a
+            # swap-consistent blend stays swap-consistent (a plain `bias` fit would favour one position)
+            out = combiner.predict(P, X)
+            t = np.asarray(y, dtype=np.float64)
+            calibrator = Calibrator(spec.calibration).fit(np.vstack([out, out[:, [1, 0, 2]]]),
+                                                          np.vstack([t, t[:, [1, 0, 2]]]))
         return cls(spec, combiner, calibrator)
 
     def predict(self, P: np.ndarray, X: np.ndarray | None = None, *, calibrated: bool = True) -> np.ndarray:
