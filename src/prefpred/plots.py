@@ -242,8 +242,9 @@ def plot_suite(rows: Any, path: str | Path, title: str | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(max(7.0, 0.8 * len(rows) + 2), 4.4))
     x = np.arange(len(rows))
     ax.bar(x, acc, color=_BAR_COLORS[0], yerr=np.vstack([acc - lo, hi - acc]), capsize=3)
-    for xi, a, r in zip(x, acc, rows, strict=True):
-        ax.text(xi, min(a + 0.04, 0.98), f"{a:.2f}\nn={int(r.get('n_nontie', 0))}", ha="center", fontsize=7)
+    for xi, a, top, r in zip(x, acc, hi, rows, strict=True):  # labels above the error bar
+        ax.text(xi, min(max(a, top) + 0.02, 0.92), f"{a:.2f}\nn={int(r.get('n_nontie', 0))}", ha="center",
+                va="bottom", fontsize=7)
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (0.5)")
     ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1)

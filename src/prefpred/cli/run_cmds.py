@@ -245,7 +245,10 @@ def _evaluate_suite(run: Path, specs: list[str], *, raw: bool, swap: bool, plots
 
     predictor = load_predictor(run, calibrated=not raw)
     entries = resolve_suites(specs)
-    rows, notes = run_suite(predictor, entries, first=run_holdout(run), swap=swap)
+    holdout = run_holdout(run)
+    rows, notes = run_suite(predictor, entries, first=holdout, swap=swap)
+    if holdout is None:
+        notes.insert(0, "run-holdout: skipped (the run has no holdout rows, or its data file is gone)")
     table = Table(title=f"{run}: agreement with human labels")
     for col in ("dataset", "n", "non-tie acc. [95% CI]", "log loss", "swap cons."):
         table.add_column(col, justify="left" if col == "dataset" else "right", no_wrap=True)
