@@ -15,10 +15,12 @@ from typer.testing import CliRunner
 from prefpred.cli import app
 from prefpred.config import DataConfig
 from prefpred.data import load_pairs, write_pairs_jsonl
+from prefpred.ensemble import EnsembleConfig, build_ensemble
 from prefpred.ensemble.blend import Candidate, CandidateSpec, Stacker, WeightedBlend, pair_features
 from prefpred.ensemble.select import cross_validate, nested_oof
 from prefpred.metrics import log_loss
 from prefpred.pipeline import RunConfig, run_job
+from prefpred.report import build_report
 from prefpred.runs import load_predictor
 from prefpred.splits import SplitConfig
 from prefpred.submission import read_predictions
@@ -186,3 +188,25 @@ def test_mismatched_ids_are_refused_in_one_line(members, tmp_path):
 def test_one_member_is_refused(members, tmp_path):
     result = runner.invoke(app, ["ensemble", str(members[2]), "--out", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "at least two" in result.output
+
+
+@pytest.mark.slow
+def test_validation_members_and_report_rerender(members, tmp_path):
+    """Runs with one validation part (like `prefpred train`) blend too: folds come from their prompt groups."""
+    tmp, data, a, b = members
+    copies = []
+    for run in (a, b):
+        c = _copy(run, tmp_path / f"{run.name}-val")
+        (c / "oof.csv").rename(c / "validation.csv")
+        copies.append(c)
+    ens = build_ensemble(EnsembleConfig(members=[str(c) for c in copies], out_dir=str(tmp_path / "runs"),
+                                        name="val-ens"))
+    m = json.loads((ens / "metrics.json").read_text())
+    assert m["cv"]["source"] == "validation.csv" and m["cv"]["n_folds"] >= 3
+    splits = pd.read_csv(ens / "splits.csv", dtype={"id": str, "group": str})
+    assert set(pd.read_csv(ens / "oof.csv", dtype={"id": str})["id"]) <= set(splits["id"])
+    (ens / "report.md").unlink()
+    build_report(ens)
+    assert "# prefpred ensemble `val-ens`" in (ens / "report.md").read_text()
+    mixed = runner.invoke(app, ["ensemble", str(a), str(copies[1]), "--out", str(tmp_path / "runs")])
+    assert mixed.exit_code == 2 and "same kind of held-out predictions" in mixed.output
