@@ -197,6 +197,8 @@ def plot_confusion(y: Any, proba: Any, path: str | Path, title: str | None = Non
     return _save(fig, path)
 
 
+_SEGMENT_PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+
 def plot_segment_log_loss(segments: Any, path: str | Path, title: str | None = None) -> Path:
     """Horizontal bars of log loss per segment (records or a DataFrame with ``segment``, ``value``, ``n``,
     ``log_loss``), grouped by segment, with the overall log loss as a dashed line and ``n`` beside each bar."""
@@ -207,7 +209,7 @@ def plot_segment_log_loss(segments: Any, path: str | Path, title: str | None = N
     overall = next((float(r["log_loss"]) for r in rows if r["segment"] == "all"), None)
     rows = [r for r in rows if r["segment"] != "all"] or rows
     kinds = list(dict.fromkeys(r["segment"] for r in rows))
-    colors = {k: _BAR_COLORS[i % len(_BAR_COLORS)] for i, k in enumerate(kinds)}
+    colors = {k: _SEGMENT_PALETTE[i % len(_SEGMENT_PALETTE)] for i, k in enumerate(kinds)}
     labels = [f"{r['segment']}: {r['value']}" for r in rows]
     values = [float(r["log_loss"]) for r in rows]
     fig, ax = plt.subplots(figsize=(8.0, max(3.0, 0.28 * len(rows) + 1.2)))
@@ -241,7 +243,7 @@ def plot_suite(rows: Any, path: str | Path, title: str | None = None) -> Path:
     hi = np.array([float(r.get("ci_high", a)) for r, a in zip(rows, acc, strict=True)])
     fig, ax = plt.subplots(figsize=(max(7.0, 0.8 * len(rows) + 2), 4.4))
     x = np.arange(len(rows))
-    ax.bar(x, acc, color=_BAR_COLORS[0], yerr=np.vstack([acc - lo, hi - acc]), capsize=3)
+    ax.bar(x, acc, color=_SEGMENT_PALETTE[0], yerr=np.vstack([acc - lo, hi - acc]), capsize=3)
     for xi, a, top, r in zip(x, acc, hi, rows, strict=True):  # labels above the error bar
         ax.text(xi, min(max(a, top) + 0.02, 0.92), f"{a:.2f}\nn={int(r.get('n_nontie', 0))}", ha="center",
                 va="bottom", fontsize=7)
