@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 
 from prefpred.calibration import METHODS, Calibrator
 from prefpred.config import RunBase, config_dataclass
+from prefpred.evaluation import align_predictions, evaluate_predictions  # noqa: F401  (moved; re-exported)
 from prefpred.jobs import (
     JobData,
     check_classes,
-    check_labelled,
     extra_prompt_keys,
     finish_run,
     leak_free_extra,
@@ -57,9 +57,9 @@ from prefpred.metrics import (
 from prefpred.models.cpu import CPUModelConfig, CPUPreferenceModel
 from prefpred.runs import CALIBRATION_FILE, check_run_target, load_predictor, new_run_dir
 from prefpred.splits import SplitConfig, holdout_mask, iter_folds, make_splits
-from prefpred.submission import read_predictions, write_predictions
-from prefpred.types import DataError, Pair, label_matrix
-from prefpred.utils import json_safe, set_seed
+from prefpred.submission import write_predictions
+from prefpred.types import Pair, label_matrix
+from prefpred.utils import set_seed
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ def run_job(cfg: RunConfig) -> Path:
         timing["refit_s"] = time.perf_counter() - t0
         hold = _score_holdout(final, calibrator, data, split, cv, work)
         metrics = _metrics(cfg, data, split, cv, calibrator, final, refit, hold)
+        metrics["analysis"] = _error_analysis(work, data, split, cv)
         _plots(work, cfg.name, metrics, split, cv, hold)
         timing["total_s"] = time.perf_counter() - t_start
         metrics["timing"] = timing
@@ -311,6 +312,14 @@ def _metrics(cfg: RunConfig, data: JobData, split: _Split, cv: _CV, calibrator: 
     }
 
 
+def _error_analysis(work: Path, data: JobData, split: _Split, cv: _CV) -> dict[str, Any]:
+    """Out-of-fold error analysis by segment and the most confidently wrong pairs (+ ``errors_by_segment.png``)."""
+    from prefpred.analysis import write_analysis
+
+    cv_pairs = [p for p, h in zip(data.pairs, split.hold, strict=True) if not h]
+    return write_analysis(work, cv_pairs, cv.oof[split.cv_mask], on="out-of-fold")
+
+
 def _plots(work: Path, name: str, metrics: dict[str, Any], split: _Split, cv: _CV, hold: _Holdout) -> None:
     """``model_comparison.png``, ``reliability.png`` and ``confusion.png`` (holdout; OOF without a holdout)."""
     from prefpred.plots import plot_confusion, plot_model_comparison, plot_reliability
@@ -344,33 +353,3 @@ def _plots(work: Path, name: str, metrics: dict[str, Any], split: _Split, cv: _C
 def predict_run(run_dir: str | Path, pairs: Sequence[Pair], calibrated: bool = True) -> np.ndarray:
     """``n x 3`` predictions of a run's final model (calibrated when the run fitted a calibrator)."""
     return load_predictor(run_dir, calibrated=calibrated).predict_proba(pairs)
-
-
-def align_predictions(pred_path: str | Path, pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and predictions of ``pairs`` (in their order) from a prediction or submission file.
-
-    Every pair must be labelled and have a prediction; predictions for other ids are ignored (logged).
-    """
-    ids, proba = read_predictions(pred_path)
-    index = {i: k for k, i in enumerate(ids)}
-    missing = [p.id for p in pairs if p.id not in index]
-    if missing:
-        raise DataError(f"{len(missing)} of {len(pairs)} pair(s) have no prediction (e.g. id {missing[0]!r})",
-                        path=str(pred_path))
-    check_labelled(list(pairs), "evaluation data", purpose="evaluation")
-    unused = len(ids) - len(pairs)
-    if unused > 0:
-        logger.warning("%s: %d prediction(s) for ids not in the data are ignored", pred_path, unused)
-    order = np.asarray([index[p.id] for p in pairs], dtype=int)
-    return label_matrix(pairs), proba[order]
-
-
-def evaluate_predictions(pred_path: str | Path, pairs: Sequence[Pair]) -> dict[str, Any]:
-    """Metrics of a prediction file against labelled pairs: headline metrics, segments, confusion matrix."""
-    from prefpred.metrics import confusion_matrix
-
-    y, proba = align_predictions(pred_path, pairs)
-    out: dict[str, Any] = compute_metrics(y, proba)
-    out["confusion"] = confusion_matrix(y, proba).tolist()
-    out["segments"] = segment_metrics(list(pairs), proba).to_dict(orient="records")
-    return json_safe(out)

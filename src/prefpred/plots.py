@@ -234,3 +234,63 @@ def confusion_figure(y: Any, proba: Any, title: str | None = None) -> Any:
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true label")
     fig.tight_layout()
     return fig
+
+
+_SEGMENT_PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+
+def plot_segment_log_loss(segments: Any, path: str | Path, title: str | None = None) -> Path:
+    """Horizontal bars of log loss per segment (records or a DataFrame with ``segment``, ``value``, ``n``,
+    ``log_loss``), grouped by segment, with the overall log loss as a dashed line and ``n`` beside each bar."""
+    rows = [dict(r) for r in (segments.to_dict(orient="records") if hasattr(segments, "to_dict") else segments)]
+    rows = [r for r in rows if r.get("log_loss") is not None and np.isfinite(float(r["log_loss"]))]
+    if not rows:
+        raise ValueError("plot_segment_log_loss needs at least one segment with a log loss")
+    overall = next((float(r["log_loss"]) for r in rows if r["segment"] == "all"), None)
+    rows = [r for r in rows if r["segment"] != "all"] or rows
+    kinds = list(dict.fromkeys(r["segment"] for r in rows))
+    colors = {k: _SEGMENT_PALETTE[i % len(_SEGMENT_PALETTE)] for i, k in enumerate(kinds)}
+    labels = [f"{r['segment']}: {r['value']}" for r in rows]
+    values = [float(r["log_loss"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(8.0, max(3.0, 0.28 * len(rows) + 1.2)))
+    ypos = np.arange(len(rows))[::-1]
+    ax.barh(ypos, values, color=[colors[r["segment"]] for r in rows])
+    for y, v, r in zip(ypos, values, rows, strict=True):
+        ax.text(v, y, f" {v:.3f} (n={int(r['n'])})", va="center", fontsize=7)
+    ax.set_yticks(ypos, labels, fontsize=8)
+    if overall is not None:
+        ax.axvline(overall, color="black", linestyle="--", linewidth=1, label=f"all rows ({overall:.3f})")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.axvline(float(np.log(3)), color="grey", linestyle=":", linewidth=1)
+    lo, hi = min(values + [overall or values[0]]), max(values + [np.log(3)])
+    ax.set_xlim(max(0.0, lo - 0.3 * (hi - lo + 0.05)), hi + 0.35 * (hi - lo + 0.05))
+    ax.set_xlabel("log loss (lower is better; dotted: uniform ln 3)")
+    ax.set_title(title or "Log loss by segment")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_suite(rows: Any, path: str | Path, title: str | None = None) -> Path:
+    """Non-tie accuracy per dataset of an evaluation suite, with its confidence interval as error bars and
+    chance (0.5) as a dashed line; ``rows`` are records with ``dataset``, ``n_nontie``, ``nontie_accuracy``,
+    ``ci_low``, ``ci_high``."""
+    rows = [dict(r) for r in rows if r.get("nontie_accuracy") is not None]
+    if not rows:
+        raise ValueError("plot_suite needs at least one dataset with a non-tie accuracy")
+    names = [str(r["dataset"]) for r in rows]
+    acc = np.array([float(r["nontie_accuracy"]) for r in rows])
+    lo = np.array([float(r.get("ci_low", a)) for r, a in zip(rows, acc, strict=True)])
+    hi = np.array([float(r.get("ci_high", a)) for r, a in zip(rows, acc, strict=True)])
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.8 * len(rows) + 2), 4.4))
+    x = np.arange(len(rows))
+    ax.bar(x, acc, color=_SEGMENT_PALETTE[0], yerr=np.vstack([acc - lo, hi - acc]), capsize=3)
+    for xi, a, top, r in zip(x, acc, hi, rows, strict=True):  # labels above the error bar
+        ax.text(xi, min(max(a, top) + 0.02, 0.92), f"{a:.2f}\nn={int(r.get('n_nontie', 0))}", ha="center",
+                va="bottom", fontsize=7)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance (0.5)")
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy on non-tie pairs (95% CI)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title or "Agreement with human labels per dataset")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -268,5 +268,5 @@ def _import_run_kinds() -> None:
         importlib.import_module(module)
 
 
-RUN_KIND_MODULES: tuple[str, ...] = ()
+RUN_KIND_MODULES: tuple[str, ...] = ("prefpred.ensemble",)
 """Modules that call :func:`register_predictor` for their run kinds (e.g. ensembles), imported on demand."""

@@ -141,36 +141,131 @@ def predict_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    pred: Path = typer.Option(..., "--pred", help="Predictions: Kaggle submission or oof/holdout CSV."),
-    data: str = typer.Option(..., "--data", help="Labelled pairs the predictions are for."),
+    pred: Path | None = typer.Option(None, "--pred", help="Predictions: Kaggle submission or a run's oof/holdout CSV."),
+    data: str | None = typer.Option(None, "--data", help="Labelled pairs (default for a run's own prediction file: "
+                                                         "the run's data file)."),
+    run: Path | None = typer.Option(None, "--run", help="Run directory: predict --data (or the --suite sets) with it."),
+    suite: list[str] | None = typer.Option(None, "--suite", help="With --run: 'default' (every labelled set under "
+                                           "../shared/data), a suite YAML file or a data file; repeatable."),
     out: Path | None = typer.Option(None, "--out", help="Write the metrics as JSON here."),
-    plots: Path | None = typer.Option(None, "--plots", help="Folder for reliability.png and confusion.png."),
+    plots: Path | None = typer.Option(None, "--plots", help="Folder for the plots (reliability, confusion, "
+                                                            "errors_by_segment; suite.png with --suite)."),
+    raw: bool = typer.Option(False, "--raw", help="With --run: skip the run's calibration."),
+    swap: bool = typer.Option(True, "--swap/--no-swap", help="With --run: also score the A/B-swapped pairs "
+                                                             "(swap consistency; twice the work)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop invalid rows instead of failing."),
 ) -> None:
-    """Score a prediction file against labelled data (log loss, accuracy, Brier, ECE, segments)."""
-    from prefpred.data import load_pairs
-    from prefpred.pipeline import align_predictions, evaluate_predictions
-    from prefpred.utils import atomic_write_text
+    """Score predictions against labelled pairs: log loss, accuracy, Brier, ECE and a per-segment table (turns,
+    length, length difference, tie, prompt category, script, models), plus the most confident errors.
+
+    --pred FILE [--data D] scores the pairs the file covers (and says how many of the data's pairs that is);
+    --run DIR --data D predicts them first; --run DIR --suite default scores the run on its own holdout and on
+    every out-of-domain set, one row each (n, non-tie accuracy with a 95% CI, log loss where ties exist, swap
+    consistency).
+    """
+    from prefpred.types import UserError
 
     if out is not None and out.exists() and not force:
         raise FileExistsError(f"{out} exists (use --force to overwrite)")
+    if suite:
+        if run is None or pred is not None or data is not None:
+            raise UserError("--suite needs --run (and no --pred or --data)")
+        result = _evaluate_suite(run, suite, raw=raw, swap=swap, plots=plots)
+    else:
+        result = _evaluate_one(pred, data, run, raw=raw, swap=swap, plots=plots, skip_invalid=skip_invalid)
+    if out is not None:
+        from prefpred.utils import atomic_write_text, json_safe
+
+        atomic_write_text(out, json.dumps(json_safe(result), indent=2) + "\n", force=force)
+        console.print(f"metrics -> {out}")
+
+
+def _evaluate_one(pred: Path | None, data: str | None, run: Path | None, *, raw: bool, swap: bool,
+                  plots: Path | None, skip_invalid: bool) -> dict[str, Any]:
+    from prefpred.data import load_pairs
+    from prefpred.evaluation import match_arrays, match_predictions, run_data_path, score
+    from prefpred.types import UserError
+
+    if pred is None and run is None:
+        raise UserError("give --pred FILE (with --data, unless it is a run's own prediction file) or --run DIR")
+    if pred is not None and run is not None:
+        raise UserError("give either --pred or --run, not both")
+    if run is not None and data is None:
+        raise UserError("--run needs --data (pairs to predict and score) or --suite")
+    data = data or run_data_path(pred)
+    if data is None:
+        raise UserError("--data is needed (the prediction file is not inside a run directory that names its data)")
     pairs = load_pairs(data, skip_invalid=skip_invalid)
-    metrics = evaluate_predictions(pred, pairs)
-    table = Table(title=f"{pred}")
+    swapped = None
+    if pred is not None:
+        m = match_predictions(pred, pairs)
+        title = str(pred)
+    else:
+        from prefpred.runs import load_predictor
+
+        predictor = load_predictor(run, calibrated=not raw)
+        labelled = [p for p in pairs if p.label is not None]
+        proba = predictor.predict_proba(labelled)
+        m = match_arrays([p.id for p in labelled], proba, pairs, where=str(data))
+        if swap:
+            swapped = predictor.predict_proba([p.swapped() for p in m.pairs])
+        title = f"{run} on {data}"
+    metrics = score(m.pairs, m.proba, swapped=swapped, coverage=m.coverage, on=title)
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("n", "log_loss", "accuracy", "brier", "ece"):
         table.add_row(key, fmt(metrics.get(key)))
+    if metrics.get("swap_consistency"):
+        table.add_row("swap consistency", fmt(metrics["swap_consistency"]["consistency"]))
     console.print(table)
-    if out is not None:
-        atomic_write_text(out, json.dumps(metrics, indent=2) + "\n", force=force)
-        console.print(f"metrics -> {out}")
+    console.print(m.coverage.describe())
+    console.print(_segments_table(metrics["segments"]))
     if plots is not None:
-        from prefpred.plots import plot_confusion, plot_reliability
+        from prefpred.plots import plot_confusion, plot_reliability, plot_segment_log_loss
 
-        y, proba = align_predictions(pred, pairs)
         plots.mkdir(parents=True, exist_ok=True)
-        plot_reliability(y, {pred.stem: proba}, plots / "reliability.png")
-        plot_confusion(y, proba, plots / "confusion.png")
+        plot_reliability(m.y, {Path(title).stem if pred is not None else "predictions": m.proba},
+                         plots / "reliability.png")
+        plot_confusion(m.y, m.proba, plots / "confusion.png")
+        plot_segment_log_loss(metrics["segments"], plots / "errors_by_segment.png")
         console.print(f"plots -> {plots}")
+    return metrics
+
+
+def _segments_table(segments: list[dict[str, Any]]) -> Table:
+    table = Table(title="per segment")
+    for col in ("segment", "value", "n", "log loss", "accuracy"):
+        table.add_column(col, justify="left" if col in ("segment", "value") else "right")
+    for s in segments:
+        table.add_row(str(s["segment"]), str(s["value"]), fmt(s["n"]), fmt(s["log_loss"]), fmt(s["accuracy"], 3))
+    return table
+
+
+def _evaluate_suite(run: Path, specs: list[str], *, raw: bool, swap: bool, plots: Path | None) -> dict[str, Any]:
+    from prefpred.runs import load_predictor
+    from prefpred.suite import resolve_suites, run_holdout, run_suite
+
+    predictor = load_predictor(run, calibrated=not raw)
+    entries = resolve_suites(specs)
+    holdout = run_holdout(run)
+    rows, notes = run_suite(predictor, entries, first=holdout, swap=swap)
+    if holdout is None:
+        notes.insert(0, "run-holdout: skipped (the run has no holdout rows, or its data file is gone)")
+    table = Table(title=f"{run}: agreement with human labels")
+    for col in ("dataset", "n", "non-tie acc. [95% CI]", "log loss", "swap cons."):
+        table.add_column(col, justify="left" if col == "dataset" else "right", no_wrap=True)
+    for r in rows:
+        ci = f"{fmt(r['nontie_accuracy'], 3)} [{fmt(r['ci_low'], 3)}, {fmt(r['ci_high'], 3)}]"
+        table.add_row(r["dataset"], fmt(r["n"]), ci, fmt(r["log_loss"]), fmt(r["swap_consistency"], 3))
+    console.print(table)
+    for note in notes:
+        console.print(f"[dim]{note}[/dim]")
+    if plots is not None and rows:
+        from prefpred.plots import plot_suite
+
+        plots.mkdir(parents=True, exist_ok=True)
+        plot_suite(rows, plots / "suite.png", title=f"{run.name}: agreement with human labels")
+        console.print(f"plot -> {plots / 'suite.png'}")
+    return {"run": str(run), "suite": rows, "notes": notes}

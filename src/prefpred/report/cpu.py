@@ -28,7 +28,13 @@ def render_report(metrics: Mapping[str, Any], plots: Sequence[str] = ()) -> str:
     lines = _header(m) + _results(m) + _calibration(m)
     lines += plots_section([p for p, _ in PLOTS if p in plots] + [p for p in plots if p not in dict(PLOTS)],
                            dict(PLOTS))
-    lines += _segments(m) + _swap(m) + _features(m)
+    if m.get("analysis"):
+        from prefpred.analysis import analysis_section
+
+        lines += analysis_section(m["analysis"])
+    else:
+        lines += _segments(m)
+    lines += _swap(m) + _features(m)
     data = m.get("data")
     if data:
         lines += ["## Data summary", "",

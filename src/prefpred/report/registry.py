@@ -15,7 +15,8 @@ from prefpred.types import UserError
 Renderer = Callable[[Mapping[str, Any], Sequence[str]], str]
 _RENDERERS: dict[str, Renderer] = {}
 
-RENDERER_MODULES: tuple[str, ...] = ("prefpred.report.cpu", "prefpred.report.llm", "prefpred.report.experiment")
+RENDERER_MODULES: tuple[str, ...] = ("prefpred.report.cpu", "prefpred.report.llm", "prefpred.report.experiment",
+                                     "prefpred.report.ensemble")
 """Modules that register renderers, imported on first use (a new run kind adds its module here)."""
 
 
