@@ -120,6 +120,14 @@ def test_tfidf_matches_scikit_learn():
     np.testing.assert_allclose(ours, ref_x[:, order], atol=1e-12)
 
 
+def test_tfidf_rows_without_known_terms_anywhere():
+    tfidf = Tfidf(min_df=1).fit([["a", "b"], ["b", "c"]])
+    x = tfidf.transform([["zz"], ["a"], ["unknown"], []]).toarray()  # empty rows in the middle and at the end
+    assert x.shape[0] == 4 and not x[[0, 2, 3]].any()
+    np.testing.assert_allclose(np.linalg.norm(x[1]), 1.0)
+    assert not tfidf.transform([["zz"], []]).toarray().any()
+
+
 def test_unfitted_and_empty():
     with pytest.raises(RuntimeError, match="not fitted"):
         PairFeaturizer().transform(planted_pairs(2))

@@ -193,11 +193,11 @@ class Tfidf:
         x.sum_duplicates()
         x.sort_indices()
         x.data = (1.0 + np.log(x.data)) * self.idf_[x.indices]
-        norms = np.sqrt(np.add.reduceat(x.data**2, x.indptr[:-1])) if x.nnz else np.zeros(0)
-        row_norm = np.zeros(len(docs))
-        nonempty = np.diff(x.indptr) > 0
-        row_norm[nonempty] = norms[nonempty] if x.nnz else row_norm[nonempty]
-        x.data /= np.repeat(np.where(row_norm > 0, row_norm, 1.0), np.diff(x.indptr))
+        per_row = np.diff(x.indptr)
+        # bincount, not add.reduceat: reduceat fails when the last rows have no known term
+        row_norm = np.sqrt(np.bincount(np.repeat(np.arange(len(docs)), per_row), weights=x.data**2,
+                                       minlength=len(docs)))
+        x.data /= np.repeat(np.where(row_norm > 0, row_norm, 1.0), per_row)
         return x
 
 
