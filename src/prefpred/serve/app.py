@@ -234,8 +234,13 @@ def _error(status: int, code: str, message: str, field: str | None = None,
 def _validation_response(exc: RequestValidationError) -> JSONResponse:
     """422 naming the first bad field; the two failed branches of ``str | list[str]`` are merged into one."""
     merged: dict[str, list[str]] = {}
-    for err in exc.errors():
+    errs = exc.errors()
+    # a list given for a str | list[str] text: its item errors say more than "not a string"
+    item_errors = {tuple(e["loc"][:-2]) for e in errs if len(e.get("loc", ())) > 2 and e["loc"][-2] == "list[str]"}
+    for err in errs:
         loc, kind = tuple(err.get("loc", ())), err.get("type", "")
+        if loc and loc[-1] == "str" and loc[:-1] in item_errors:
+            continue
         if kind == "json_invalid":
             detail = (err.get("ctx") or {}).get("error", "JSON decode error")
             pos = loc[1] if len(loc) > 1 else "?"

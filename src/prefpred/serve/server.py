@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from typing import Any
 
 import uvicorn
 
@@ -42,11 +43,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def make_server(app, *, log_level: str = "info", access_log: bool = True, graceful_timeout_s: int = 30,
-                limit_concurrency: int | None = 1024) -> uvicorn.Server:
-    """A uvicorn server for ``app`` (no signal handlers outside the main thread; uvicorn's own rule)."""
+                limit_concurrency: int | None = 1024, **config: Any) -> uvicorn.Server:
+    """A uvicorn server for ``app`` (no signal handlers outside the main thread; uvicorn's own rule).
+
+    ``config`` goes to :class:`uvicorn.Config` (e.g. ``log_config=None`` to leave logging as it is).
+    """
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, lifespan="on",
                             timeout_graceful_shutdown=graceful_timeout_s, limit_concurrency=limit_concurrency,
-                            proxy_headers=False, server_header=False)
+                            proxy_headers=False, server_header=False, **config)
     return uvicorn.Server(config)
 
 
