@@ -47,7 +47,8 @@ async def _run(batcher: MicroBatcher, requests: list[list[Pair]], stagger: float
             await asyncio.sleep(stagger * k)
             return await batcher.submit(pairs)
 
-        return await asyncio.gather(*(one(k, r) for k, r in enumerate(requests)), return_exceptions=True)
+        return await asyncio.wait_for(asyncio.gather(*(one(k, r) for k, r in enumerate(requests)),
+                                                     return_exceptions=True), 60)
     finally:
         await batcher.stop()
 
@@ -94,7 +95,7 @@ def test_wrong_shape_from_the_model_is_an_error_not_a_hang():
         await b.start()
         try:
             with pytest.raises(RuntimeError, match="shape"):
-                await b.submit([_pair(1)])
+                await asyncio.wait_for(b.submit([_pair(1)]), 60)
         finally:
             await b.stop()
 

@@ -137,6 +137,11 @@ class MicroBatcher:
                 self._busy = True
                 try:
                     await self._score(batch)
+                except Exception as e:  # a bug here must not leave requests waiting forever
+                    logger.exception("batcher failed on a batch of %d requests", len(batch))
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(e)
                 finally:
                     self._busy = False
 
