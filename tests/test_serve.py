@@ -24,8 +24,9 @@ from prefpred.config import DataConfig
 from prefpred.data import load_pairs, write_arena_csv, write_pairs_jsonl
 from prefpred.pipeline import RunConfig, run_job
 from prefpred.runs import COMPLETE_MARKER, load_predictor
-from prefpred.serve.app import ServeSettings, create_app, run_model_info
+from prefpred.serve.app import ServeSettings, create_app
 from prefpred.serve.client import PrefpredClient, ServeError
+from prefpred.serve.models import load_judge, run_model_info
 from prefpred.serve.ranking import bradley_terry, win_matrix
 from prefpred.serve.schemas import Limits
 from prefpred.serve.server import BackgroundServer
@@ -519,3 +520,65 @@ def test_cli_refuses_bad_setups_in_one_line(run_dir, tmp_path, monkeypatch):
         r = serve("--run", str(run_dir), "--port", str(busy.getsockname()[1]))
         assert r.exit_code == 2 and "cannot listen on 127.0.0.1" in r.output
     assert "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_cli_serves_and_ctrl_c_lets_the_in_flight_request_finish(run_dir):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "PREFPRED_SERVE_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "prefpred", "serve", "--run", str(run_dir), "--port", "0",
+                             "--token-env", "PREFPRED_SERVE_TOKEN", "--max-wait-ms", "1500", "--no-access-log"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+        reader.start()
+        url, deadline = None, time.monotonic() + 120
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            found = [m.group(0) for line in list(lines) if (m := re.search(r"http://127\.0\.0\.1:\d+", line))]
+            url = found[0] if found else None
+            time.sleep(0.05)
+        assert url, "".join(lines)
+        while not _healthy(url):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            time.sleep(0.05)
+        out: dict = {}
+        t = threading.Thread(target=lambda: out.update(r=httpx.post(
+            url + "/v1/preference", json=BASE, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)))
+        t.start()
+        time.sleep(0.5)  # the request now waits in the batcher (max wait 1.5 s)
+        proc.send_signal(signal.SIGINT)
+        t.join(60)
+        assert out["r"].status_code == 200, out["r"].text
+        assert proc.wait(60) == 0
+        reader.join(10)
+        text = "".join(lines)
+        assert "Traceback" not in text and TOKEN not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.slow
+def test_zero_shot_judge_is_served_without_a_run(tiny_qwen_dir):
+    judge, info = load_judge(str(tiny_qwen_dir), max_length=512, device="cpu", dtype="float32")
+    pairs = [dataclasses.replace(p, id=f"j{i}") for i, p in enumerate(planted_pairs(3, seed=4))]
+    expected = judge.predict_proba(pairs)
+    app = create_app(judge, info=info, settings=ServeSettings())
+    with BackgroundServer(app) as srv, PrefpredClient(srv.url) as client:
+        assert client.model_info()["kind"] == "zero-shot"
+        got = client.preference_batch([{"id": p.id, **_texts(p, True)} for p in pairs])
+    np.testing.assert_allclose(_proba(got), expected, rtol=0, atol=1e-9)

@@ -41,8 +41,12 @@ def serve_cmd(
     device: str = typer.Option("auto", "--device", help="--model only: auto, cpu, cuda, ..."),
     dtype: str = typer.Option("auto", "--dtype", help="--model only: auto, float32, bfloat16 or float16."),
 ) -> None:
-    """Serve a preference model over HTTP: POST /v1/preference, POST /v1/rank, GET /health, /v1/model, /metrics."""
-    from prefpred.serve.app import ServeSettings, create_app, warm_up
+    """Serve a preference model over HTTP: POST /v1/preference, POST /v1/rank, GET /health, /v1/model, /metrics.
+
+    Ctrl+C or SIGTERM shuts down gracefully: requests in flight finish first (up to --graceful-timeout).
+    """
+    from prefpred.serve.app import ServeSettings, create_app
+    from prefpred.serve.models import load_judge, load_run, warm_up
     from prefpred.serve.schemas import Limits
     from prefpred.serve.server import bind_socket, run_server
     from prefpred.types import UserError
@@ -61,35 +65,23 @@ def serve_cmd(
         raise UserError(str(e)) from None
     if max_batch_size < 1 or max_wait_ms < 0:
         raise UserError("--max-batch-size must be >= 1 and --max-wait-ms >= 0")
-    predictor, info = (_run_predictor(run, raw) if run is not None
-                       else _judge_predictor(model, style, max_length, device, dtype))
-    warm_up(predictor)
+    sock = bind_socket(host, port)  # a port in use is one line, before a model is loaded
+    try:
+        predictor, info = (load_run(run, calibrated=not raw) if run is not None
+                           else load_judge(model, style=style, max_length=max_length, device=device, dtype=dtype))
+        warm_up(predictor)
+    except BaseException:
+        sock.close()
+        raise
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, batching=batching,
                              limits=limits, token=token, log_texts=log_texts,
                              shutdown_timeout_s=float(graceful_timeout))
-    sock = bind_socket(host, port)  # a port in use is one line, before uvicorn starts
     name = sock.getsockname()
     typer.echo(f"serving {info.kind} model {info.source} on http://{name[0]}:{name[1]} "
                f"(docs: /docs; auth {'on' if token else 'off'}; Ctrl+C stops)", err=True)
-    run_server(create_app(predictor, info=info, settings=settings), sock, access_log=access_log,
-               graceful_timeout_s=graceful_timeout, limit_concurrency=max_concurrency)
+    try:
+        run_server(create_app(predictor, info=info, settings=settings), sock, access_log=access_log,
+                   graceful_timeout_s=graceful_timeout, limit_concurrency=max_concurrency)
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful shutdown: that is a clean stop
+        typer.echo("stopped", err=True)
 
-
-def _run_predictor(run: Path, raw: bool):
-    from prefpred.runs import load_predictor
-    from prefpred.serve.app import run_model_info
-
-    predictor = load_predictor(run, calibrated=not raw)  # refuses incomplete or damaged runs in one line
-    return predictor, run_model_info(run, calibrated=not raw)
-
-
-def _judge_predictor(model: str, style: str, max_length: int, device: str, dtype: str):
-    from prefpred.models.judge import ZeroShotJudge
-    from prefpred.prompts import get_style
-    from prefpred.serve.app import ModelInfo
-
-    get_style(style)  # unknown style: one line, before the model is loaded
-    judge = ZeroShotJudge(model=model, style=style, max_length=max_length, device=device, dtype=dtype).fit([])
-    judge.load_lm()
-    return judge, ModelInfo(kind="zero-shot", source=model, config=judge.get_params(), metrics={},
-                            calibrated=False)

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from prefpred.runs import Predictor
 from prefpred.serve.batcher import BatcherClosed, MicroBatcher
 from prefpred.serve.metrics import CONTENT_TYPE, Metrics
+from prefpred.serve.models import ModelInfo
 from prefpred.serve.ranking import bradley_terry, ranks, win_matrix
 from prefpred.serve.schemas import (
     ApiError,
@@ -49,7 +50,6 @@ from prefpred.serve.schemas import (
     format_loc,
     preference_pairs,
     rank_pairs,
-    to_pair,
 )
 from prefpred.types import LABELS, Pair, UserError
 
@@ -76,49 +76,6 @@ class ServeSettings:
     """Log the texts of every request (off: only counts, ids and timings are logged)."""
     shutdown_timeout_s: float = 30.0
     """How long shutdown waits for queued work."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelInfo:
-    """What ``GET /v1/model`` shows about the model being served."""
-
-    kind: str
-    source: str
-    config: dict[str, Any] = dataclasses.field(default_factory=dict)
-    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    calibrated: bool = False
-
-
-def run_model_info(run_dir: str | Path, *, calibrated: bool = True) -> ModelInfo:
-    """:class:`ModelInfo` of a complete run directory: its kind, ``config.yaml`` and headline metrics."""
-    import yaml
-
-    from prefpred.runs import CALIBRATION_FILE, CONFIG_FILE, read_run
-    from prefpred.utils import json_safe
-
-    info = read_run(run_dir)
-    config: dict[str, Any] = {}
-    cfg_path = info.path / CONFIG_FILE
-    if cfg_path.is_file():
-        try:
-            loaded = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-            config = loaded if isinstance(loaded, dict) else {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            logger.warning("%s: unreadable (%s); /v1/model shows no config", cfg_path, type(e).__name__)
-    headline = info.metrics.get("headline")
-    if not isinstance(headline, dict):
-        headline = {k: v for k, v in info.metrics.items() if isinstance(v, (int, float, str, bool))}
-    return ModelInfo(kind=info.kind, source=str(info.path), config=json_safe(config),
-                     metrics=json_safe(headline),
-                     calibrated=calibrated and (info.path / CALIBRATION_FILE).is_file())
-
-
-def warm_up(predictor: Predictor) -> None:
-    """Score one small pair, so that lazy loading happens before the first request; raises what the model
-    raises."""
-    proba = np.asarray(predictor.predict_proba([to_pair("warm-up", "Hello?", "Hi!", "Hello there.")]))
-    if proba.shape != (1, 3):
-        raise UserError(f"model returned shape {proba.shape} for one pair (expected 1 x 3)")
 
 
 # ------------------------------------------------------------------------------------------ middleware
