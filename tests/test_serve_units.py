@@ -186,3 +186,12 @@ def test_format_loc_and_limits_validation():
     assert format_loc(("body",)) == "body"
     with pytest.raises(ValueError, match="max_pairs"):
         Limits(max_pairs=0)
+
+
+def test_listening_socket_is_tcp_so_responses_are_not_delayed_by_nagle():
+    import socket
+
+    from prefpred.serve.server import bind_socket
+
+    with bind_socket("127.0.0.1", 0) as sock:  # asyncio sets TCP_NODELAY on accepted sockets only for proto TCP
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0

@@ -1,0 +1,246 @@
+"""Benchmark of ``prefpred serve`` with the CPU model on 127.0.0.1: throughput, latency, errors, memory.
+
+For micro-batching off and on, a server is started as a subprocess (``python -m prefpred serve``) serving a CPU
+run trained on Arena rows, and 1, 8 and 32 concurrent clients (async httpx, keep-alive connections) send single
+pairs (real Arena pairs, in turn). Printed per level: requests/s, p50/p99 latency, errors, the server's and the
+client's CPU seconds per 1,000 requests. Then one long run with batching on (32 clients, ``--long`` requests):
+errors and the server's RSS sampled every 1,000 requests, to show memory stays flat.
+
+Targets checked at the end: throughput at 32 clients with batching on >= 3x with batching off; zero errors
+over the long run; RSS growth after warm-up < 5% (and < 20 MiB).
+
+Only 127.0.0.1 traffic; every loop is bounded by a request count. The client shares the CPUs with the server,
+so the load average and both CPU times are printed; compare ratios from one run, not absolute numbers.
+
+Usage::
+
+    python bench/bench_serve.py [--data ../shared/data/arena/train.csv] [--run RUN_DIR] [--long 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "arena" / "train.csv"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------------------------------------ server
+def train_run(data: Path, out: Path) -> Path:
+    """Train the default CPU model on ``data`` with ``prefpred run`` (about 15-30 s)."""
+    t = time.perf_counter()
+    cmd = [sys.executable, "-m", "prefpred", "run", "--data", str(data), "--out", str(out), "--name", "bench",
+           "--no-embeddings", "--force"]
+    subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
+    print(f"trained {out / 'bench'} in {time.perf_counter() - t:.1f} s", flush=True)
+    return out / "bench"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+
+
+class Server:
+    """``prefpred serve`` in a subprocess on a free port; its CPU time and RSS read from /proc."""
+
+    def __init__(self, run: Path, extra: list[str]):
+        cmd = [sys.executable, "-m", "prefpred", "serve", "--run", str(run), "--port", "0", "--no-access-log",
+               *extra]
+        self.proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stderr.readline, "")), daemon=True).start()
+        self.url = self._wait_ready(120)
+
+    def _wait_ready(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            found = [m.group(0) for line in list(self.lines) if (m := re.search(r"http://127\.0\.0\.1:\d+", line))]
+            if found:
+                try:
+                    if httpx.get(found[0] + "/health", timeout=2).status_code == 200:
+                        return found[0]
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(self.lines))
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ------------------------------------------------------------------------------------------------ load
+def request_bodies(data: Path, n: int) -> list[bytes]:
+    from prefpred.data import load_pairs
+
+    # the server refuses blank texts (422); the few Arena rows with an empty side are left out
+    pairs = [p for p in load_pairs(data) if all(text.strip() for text in (p.text_prompt(), p.text_a(), p.text_b()))]
+    pairs = pairs[:n]
+    return [json.dumps({"id": p.id, "prompt": [t.prompt for t in p.turns],
+                        "response_a": [t.response_a for t in p.turns],
+                        "response_b": [t.response_b for t in p.turns]}).encode() for p in pairs]
+
+
+async def load(url: str, bodies: list[bytes], clients: int, n_requests: int, on_progress=None) -> dict:
+    """``clients`` concurrent loops, each sending one pair at a time, ``n_requests`` in all."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    counter = iter(range(n_requests))
+    headers = {"Content-Type": "application/json"}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            body = bodies[i % len(bodies)]
+            t = time.perf_counter()
+            try:
+                r = await client.post("/v1/preference", content=body, headers=headers)
+                ok = r.status_code == 200 and "p_a" in r.json()
+                if not ok:
+                    errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
+            except httpx.HTTPError as e:
+                errors.append(f"{type(e).__name__}: {e}")
+            latencies.append(time.perf_counter() - t)
+            if on_progress is not None and len(latencies) % 1000 == 0:
+                on_progress(len(latencies))
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    lat = np.asarray(latencies) * 1000
+    return {"clients": clients, "requests": len(latencies), "wall_s": wall, "rps": len(latencies) / wall,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "errors": len(errors), "first_error": errors[0] if errors else None}
+
+
+def measure(server: Server, bodies: list[bytes], clients: int, n_requests: int) -> dict:
+    asyncio.run(load(server.url, bodies, clients, min(50, n_requests)))  # warm-up: connections, caches
+    cpu0, client0 = server.cpu_s(), time.process_time()
+    result = asyncio.run(load(server.url, bodies, clients, n_requests))
+    result["server_cpu_s_per_1k"] = (server.cpu_s() - cpu0) / result["requests"] * 1000
+    result["client_cpu_s_per_1k"] = (time.process_time() - client0) / result["requests"] * 1000
+    return result
+
+
+def batch_stats(url: str) -> str:
+    text = httpx.get(url + "/metrics").text
+    get = {m.group(1): float(m.group(2)) for m in re.finditer(r"^(prefpred_batch_\w+(?:_sum|_count)) (\S+)$",
+                                                             text, re.M)}
+    calls = get.get("prefpred_batch_size_count", 0)
+    return (f"{calls:.0f} model calls, {get.get('prefpred_batch_size_sum', 0) / max(calls, 1):.1f} pairs per call"
+            if calls else "no model calls")
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--run", type=Path, default=None, help="A CPU run to serve (default: train one on --data).")
+    ap.add_argument("--requests", type=int, nargs=3, default=[300, 1000, 2000], metavar=("N1", "N8", "N32"),
+                    help="Requests per level at 1, 8 and 32 clients.")
+    ap.add_argument("--long", type=int, default=10_000, help="Requests in the long run (batching on, 32 clients).")
+    ap.add_argument("--max-batch-size", type=int, default=64)
+    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    args = ap.parse_args()
+    if not args.data.is_file():
+        print(f"no data at {args.data}", file=sys.stderr)
+        return 2
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    bodies = request_bodies(args.data, 2000)
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        run = args.run or train_run(args.data, Path(tmp))
+        results: dict = {"levels": {}, "load_before": os.getloadavg()}
+        for mode, flags in (("off", ["--no-batching"]),
+                            ("on", ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
+                                    str(args.max_wait_ms)])):
+            server = Server(run, flags)
+            try:
+                print(f"\nmicro-batching {mode}")
+                print(f"{'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+                      f"{'server CPU s/1k':>15} {'client CPU s/1k':>15}")
+                for clients, n in zip((1, 8, 32), args.requests, strict=True):
+                    r = measure(server, bodies, clients, n)
+                    results["levels"][f"{mode}-{clients}"] = r
+                    print(f"{clients:>7} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6} "
+                          f"{r['server_cpu_s_per_1k']:>15.2f} {r['client_cpu_s_per_1k']:>15.2f}", flush=True)
+                print(f"  ({batch_stats(server.url)})")
+                if mode == "on":
+                    results["long"] = long_run(server, bodies, args.long)
+            finally:
+                server.stop()
+    results["load_after"] = os.getloadavg()
+    return report(results, args)
+
+
+def long_run(server: Server, bodies: list[bytes], n: int) -> dict:
+    rss: list[tuple[int, float]] = [(0, server.rss_mib())]
+    cpu0 = server.cpu_s()
+    r = asyncio.run(load(server.url, bodies, 32, n, on_progress=lambda k: rss.append((k, server.rss_mib()))))
+    r["server_cpu_s"] = server.cpu_s() - cpu0
+    r["rss_mib"] = rss
+    print(f"\nlong run: {r['requests']} requests at 32 clients, {r['rps']:.1f} req/s, p50 {r['p50_ms']:.1f} ms, "
+          f"p99 {r['p99_ms']:.1f} ms, {r['errors']} errors, server CPU {r['server_cpu_s']:.1f} s")
+    print("  server RSS MiB by requests done: " + ", ".join(f"{k}: {v:.1f}" for k, v in rss))
+    if r["first_error"]:
+        print(f"  first error: {r['first_error']}")
+    return r
+
+
+def report(results: dict, args) -> int:
+    lv = results["levels"]
+    ratio = lv["on-32"]["rps"] / lv["off-32"]["rps"]
+    cpu_ratio = lv["off-32"]["server_cpu_s_per_1k"] / lv["on-32"]["server_cpu_s_per_1k"]
+    long = results["long"]
+    rss = [v for _, v in long["rss_mib"]]
+    warm = rss[min(2, len(rss) - 1)]  # after 2,000 requests
+    growth = rss[-1] - warm
+    print(f"\nload average after: {' '.join(f'{x:.1f}' for x in results['load_after'])}")
+    checks = [
+        (f"throughput at 32 clients, batching on / off = {ratio:.2f}x (server CPU per request {cpu_ratio:.2f}x "
+         "less)", ratio >= 3.0),
+        (f"errors over the long run: {long['errors']} of {long['requests']}", long["errors"] == 0
+         and long["requests"] == args.long),
+        (f"server RSS after 2k requests {warm:.1f} MiB -> end {rss[-1]:.1f} MiB ({growth:+.1f} MiB)",
+         growth < max(0.05 * warm, 0) and growth < 20),
+    ]
+    for text, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
