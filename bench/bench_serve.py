@@ -1,9 +1,10 @@
 """Benchmark of ``prefpred serve`` with the CPU model on 127.0.0.1: throughput, latency, errors, memory.
 
 For micro-batching off and on, a server is started as a subprocess (``python -m prefpred serve``) serving a CPU
-run trained on Arena rows, and 1, 8 and 32 concurrent clients (async httpx, keep-alive connections) send single
-pairs (real Arena pairs, in turn). Printed per level: requests/s, p50/p99 latency, errors, the server's and the
-client's CPU seconds per 1,000 requests. Then one long run with batching on (32 clients, ``--long`` requests):
+run trained on Arena rows, and 1, 8 and 32 concurrent clients send single pairs (real Arena pairs, in turn) over
+keep-alive connections: a minimal asyncio HTTP/1.1 client by default, ``--client httpx`` for httpx.AsyncClient
+(several times more client CPU per request, taken from the same two cores). Printed per level: requests/s,
+p50/p99 latency, errors, the server's and the client's CPU seconds per 1,000 requests. Then one long run with batching on (32 clients, ``--long`` requests):
 errors and the server's RSS sampled every 1,000 requests, to show memory stays flat.
 
 Targets checked at the end: throughput at 32 clients with batching on >= 3x with batching off; zero errors
@@ -111,32 +112,72 @@ def request_bodies(data: Path, n: int) -> list[bytes]:
                         "response_b": [t.response_b for t in p.turns]}).encode() for p in pairs]
 
 
-async def load(url: str, bodies: list[bytes], clients: int, n_requests: int, on_progress=None) -> dict:
-    """``clients`` concurrent loops, each sending one pair at a time, ``n_requests`` in all."""
+class RawConnection:
+    """A minimal HTTP/1.1 keep-alive client over asyncio streams: far less client CPU per request than httpx,
+    which matters when the load generator shares two cores with the server."""
+
+    def __init__(self, url: str):
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.host, self.port = host, int(port)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        await self.writer.drain()
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(v) for k, _, v in (line.partition(b":") for line in lines[1:])
+                      if k.strip().lower() == b"content-length")
+        return status, await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def load(url: str, bodies: list[bytes], clients: int, n_requests: int, *, client: str = "raw",
+               on_progress=None) -> dict:
+    """``clients`` concurrent loops (one connection each), each sending one pair at a time, ``n_requests`` in
+    all; ``client`` is ``raw`` (:class:`RawConnection`) or ``httpx`` (one AsyncClient pool)."""
     latencies: list[float] = []
     errors: list[str] = []
     counter = iter(range(n_requests))
-    headers = {"Content-Type": "application/json"}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    pool = httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=clients,
+                                                                           max_keepalive_connections=clients))
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        for i in counter:
-            body = bodies[i % len(bodies)]
-            t = time.perf_counter()
-            try:
-                r = await client.post("/v1/preference", content=body, headers=headers)
-                ok = r.status_code == 200 and "p_a" in r.json()
-                if not ok:
-                    errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
-            except httpx.HTTPError as e:
-                errors.append(f"{type(e).__name__}: {e}")
-            latencies.append(time.perf_counter() - t)
-            if on_progress is not None and len(latencies) % 1000 == 0:
-                on_progress(len(latencies))
+    async def post(conn: RawConnection | None, body: bytes) -> tuple[int, bytes]:
+        if conn is not None:
+            return await asyncio.wait_for(conn.post("/v1/preference", body), 60)
+        r = await pool.post("/v1/preference", content=body, headers={"Content-Type": "application/json"})
+        return r.status_code, r.content
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    async def worker() -> None:
+        conn = RawConnection(url) if client == "raw" else None
+        try:
+            for i in counter:
+                t = time.perf_counter()
+                try:
+                    status, body = await post(conn, bodies[i % len(bodies)])
+                    if status != 200 or b'"p_a"' not in body:
+                        errors.append(f"HTTP {status}: {body[:200]!r}")
+                except (OSError, asyncio.IncompleteReadError, TimeoutError, httpx.HTTPError) as e:
+                    errors.append(f"{type(e).__name__}: {e}")
+                    conn = RawConnection(url) if client == "raw" else None
+                latencies.append(time.perf_counter() - t)
+                if on_progress is not None and len(latencies) % 1000 == 0:
+                    on_progress(len(latencies))
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async with pool:
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - t0
     lat = np.asarray(latencies) * 1000
     return {"clients": clients, "requests": len(latencies), "wall_s": wall, "rps": len(latencies) / wall,
@@ -144,10 +185,10 @@ async def load(url: str, bodies: list[bytes], clients: int, n_requests: int, on_
             "errors": len(errors), "first_error": errors[0] if errors else None}
 
 
-def measure(server: Server, bodies: list[bytes], clients: int, n_requests: int) -> dict:
-    asyncio.run(load(server.url, bodies, clients, min(50, n_requests)))  # warm-up: connections, caches
+def measure(server: Server, bodies: list[bytes], clients: int, n_requests: int, client: str) -> dict:
+    asyncio.run(load(server.url, bodies, clients, min(50, n_requests), client=client))  # warm-up
     cpu0, client0 = server.cpu_s(), time.process_time()
-    result = asyncio.run(load(server.url, bodies, clients, n_requests))
+    result = asyncio.run(load(server.url, bodies, clients, n_requests, client=client))
     result["server_cpu_s_per_1k"] = (server.cpu_s() - cpu0) / result["requests"] * 1000
     result["client_cpu_s_per_1k"] = (time.process_time() - client0) / result["requests"] * 1000
     return result
@@ -172,6 +213,9 @@ def main() -> int:
     ap.add_argument("--long", type=int, default=10_000, help="Requests in the long run (batching on, 32 clients).")
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                    help="Load generator: raw asyncio HTTP/1.1 (little client CPU) or httpx.AsyncClient.")
+    ap.add_argument("--only", choices=("off", "on"), default=None, help="Run one mode only (no checks).")
     ap.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = ap.parse_args()
     if not args.data.is_file():
@@ -185,29 +229,32 @@ def main() -> int:
         for mode, flags in (("off", ["--no-batching"]),
                             ("on", ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
                                     str(args.max_wait_ms)])):
+            if args.only not in (None, mode):
+                continue
             server = Server(run, flags)
             try:
                 print(f"\nmicro-batching {mode}")
                 print(f"{'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
                       f"{'server CPU s/1k':>15} {'client CPU s/1k':>15}")
                 for clients, n in zip((1, 8, 32), args.requests, strict=True):
-                    r = measure(server, bodies, clients, n)
+                    r = measure(server, bodies, clients, n, args.client)
                     results["levels"][f"{mode}-{clients}"] = r
                     print(f"{clients:>7} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6} "
                           f"{r['server_cpu_s_per_1k']:>15.2f} {r['client_cpu_s_per_1k']:>15.2f}", flush=True)
                 print(f"  ({batch_stats(server.url)})")
                 if mode == "on":
-                    results["long"] = long_run(server, bodies, args.long)
+                    results["long"] = long_run(server, bodies, args.long, args.client)
             finally:
                 server.stop()
     results["load_after"] = os.getloadavg()
-    return report(results, args)
+    return report(results, args) if args.only is None else 0
 
 
-def long_run(server: Server, bodies: list[bytes], n: int) -> dict:
+def long_run(server: Server, bodies: list[bytes], n: int, client: str) -> dict:
     rss: list[tuple[int, float]] = [(0, server.rss_mib())]
     cpu0 = server.cpu_s()
-    r = asyncio.run(load(server.url, bodies, 32, n, on_progress=lambda k: rss.append((k, server.rss_mib()))))
+    r = asyncio.run(load(server.url, bodies, 32, n, client=client,
+                         on_progress=lambda k: rss.append((k, server.rss_mib()))))
     r["server_cpu_s"] = server.cpu_s() - cpu0
     r["rss_mib"] = rss
     print(f"\nlong run: {r['requests']} requests at 32 clients, {r['rps']:.1f} req/s, p50 {r['p50_ms']:.1f} ms, "
