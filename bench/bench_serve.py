@@ -212,7 +212,7 @@ def main() -> int:
                     help="Requests per level at 1, 8 and 32 clients.")
     ap.add_argument("--long", type=int, default=10_000, help="Requests in the long run (batching on, 32 clients).")
     ap.add_argument("--max-batch-size", type=int, default=64)
-    ap.add_argument("--max-wait-ms", type=float, default=2.0)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
                     help="Load generator: raw asyncio HTTP/1.1 (little client CPU) or httpx.AsyncClient.")
     ap.add_argument("--only", choices=("off", "on"), default=None, help="Run one mode only (no checks).")

@@ -332,8 +332,21 @@ def test_failing_or_nan_model_fails_only_that_request(predictor, run_dir, caplog
         srv.stop()
 
 
+class _Slow:
+    """The real model, taking ``delay`` seconds longer (the model boundary); ``started`` is set on each call."""
+
+    def __init__(self, inner, delay: float):
+        self.inner, self.delay, self.started = inner, delay, threading.Event()
+
+    def predict_proba(self, pairs):
+        self.started.set()
+        time.sleep(self.delay)
+        return self.inner.predict_proba(pairs)
+
+
 def test_graceful_shutdown_lets_in_flight_requests_finish(predictor, run_dir):
-    srv = _server(predictor, run_dir, max_wait_ms=1500)  # a request waits 1.5 s in the batcher
+    slow = _Slow(predictor, 1.5)
+    srv = _server(slow, run_dir)
     out: dict = {}
 
     def call():
@@ -341,10 +354,7 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(predictor, run_dir):
 
     t = threading.Thread(target=call)
     t.start()
-    deadline = time.monotonic() + 10
-    while _app(srv).state.batcher.queue_depth == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _app(srv).state.batcher.queue_depth == 1
+    assert slow.started.wait(30)  # the model is scoring the request now
     srv.stop()
     t.join(30)
     assert out["r"].status_code == 200 and np.isfinite(_proba([out["r"].json()])).all()
@@ -479,7 +489,8 @@ def test_fuzz_openapi_spec_finds_no_5xx(http, spec):
     @given(_fuzz_strategy(spec))
     def check(case):
         path, body = case
-        r = http.post(path, json=body)
+        # json.dumps writes NaN/Infinity literals (httpx would refuse them): the server must cope with those too
+        r = http.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
         seen.add(r.status_code)
         assert r.status_code < 500, (path, body, r.text)
         assert r.headers["content-type"].startswith("application/json")
@@ -532,7 +543,7 @@ def test_cli_serves_and_ctrl_c_lets_the_in_flight_request_finish(run_dir):
     src = Path(__file__).resolve().parents[1] / "src"
     env = {**os.environ, "PYTHONPATH": str(src), "PREFPRED_SERVE_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "prefpred", "serve", "--run", str(run_dir), "--port", "0",
-                             "--token-env", "PREFPRED_SERVE_TOKEN", "--max-wait-ms", "1500", "--no-access-log"],
+                             "--token-env", "PREFPRED_SERVE_TOKEN", "--max-wait-ms", "3000", "--no-access-log"],
                             env=env, stderr=subprocess.PIPE, text=True)
     try:
         lines: list[str] = []
@@ -547,14 +558,24 @@ def test_cli_serves_and_ctrl_c_lets_the_in_flight_request_finish(run_dir):
         while not _healthy(url):
             assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
             time.sleep(0.05)
+        # request 1 is half uploaded: it counts as arriving, so the batcher holds request 2 for it (max 3 s)
+        body = json.dumps(BASE).encode()
+        half = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        half.sendall(f"POST /v1/preference HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:5])
         out: dict = {}
         t = threading.Thread(target=lambda: out.update(r=httpx.post(
             url + "/v1/preference", json=BASE, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)))
         t.start()
-        time.sleep(0.5)  # the request now waits in the batcher (max wait 1.5 s)
-        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # both requests are in flight
+        time.sleep(0.3)
+        half.sendall(body[5:])
+        answer = half.recv(65536)
         t.join(60)
         assert out["r"].status_code == 200, out["r"].text
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        half.close()
         assert proc.wait(60) == 0
         reader.join(10)
         text = "".join(lines)

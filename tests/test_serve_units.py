@@ -121,6 +121,7 @@ def test_stop_finishes_queued_work():
         model = _Recorder()
         b = MicroBatcher(model, max_wait_ms=300)
         await b.start()
+        b.announce()  # another request on its way: the first one waits for it
         task = asyncio.ensure_future(b.submit([_pair(5)]))
         await asyncio.sleep(0.02)
         assert b.queue_depth == 1
@@ -128,6 +129,33 @@ def test_stop_finishes_queued_work():
         return await task
 
     assert asyncio.run(main())[0, 0] == 5
+
+
+def test_a_lone_request_never_waits_but_waits_for_announced_ones():
+    async def main():
+        model = _Recorder()
+        b = MicroBatcher(model, max_wait_ms=2000)
+        await b.start()
+        try:
+            loop = asyncio.get_running_loop()
+            t = loop.time()
+            await asyncio.wait_for(b.submit([_pair(1)]), 60)
+            alone = loop.time() - t
+            b.announce()
+            b.announce()
+            first = asyncio.ensure_future(b.submit([_pair(2)]))
+            await asyncio.sleep(0.05)
+            assert not first.done() and b.queue_depth == 1  # held for the announced ones
+            second = asyncio.ensure_future(b.submit([_pair(3)], announced=True))
+            b.withdraw()  # the other one was refused: nothing more is coming
+            await asyncio.wait_for(asyncio.gather(first, second), 60)
+            return alone, model.calls
+        finally:
+            await b.stop()
+
+    alone, calls = asyncio.run(main())
+    assert alone < 1.0  # far below max_wait
+    assert calls == [["1"], ["2", "3"]]
 
 
 # ------------------------------------------------------------------------------------------------ ranking

@@ -21,7 +21,9 @@ def serve_cmd(
     raw: bool = typer.Option(False, "--raw", help="Skip the run's calibration."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Dynamic micro-batching."),
     max_batch_size: int = typer.Option(64, "--max-batch-size", help="Most pairs per model call."),
-    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="Longest a request waits for a batch to fill."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms",
+                                      help="Longest a request waits for requests already arriving to join its "
+                                           "batch (a lone request never waits)."),
     token_env: str | None = typer.Option(None, "--token-env",
                                          help="Require 'Authorization: Bearer <token>', the token read from this "
                                               "environment variable (e.g. PREFPRED_SERVE_TOKEN)."),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -57,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/health"})
 """Paths that never need the bearer token (liveness probes)."""
+SCORING_PATHS = frozenset({"/v1/preference", "/v1/rank"})
+"""Paths whose requests go to the batcher (announced to it as they arrive)."""
+ARRIVING = "prefpred.arriving"
+"""ASGI scope key: set while an announced request has not reached the batcher yet."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +69,8 @@ class ServeSettings:
 
     max_batch_size: int = 64
     """Most pairs scored in one model call (a larger request is scored alone, whole)."""
-    max_wait_ms: float = 2.0
-    """Longest a request waits for others to join its batch."""
+    max_wait_ms: float = 5.0
+    """Longest a request waits for others (already arriving) to join its batch; a lone request never waits."""
     batching: bool = True
     """Dynamic micro-batching; off scores every request on its own."""
     limits: Limits = dataclasses.field(default_factory=Limits)
@@ -95,8 +99,10 @@ async def _send_error(send: Callable, status: int, code: str, message: str, fiel
 class _Guard:
     """Pure ASGI middleware: metrics for every request, the bearer token, and the body size limit."""
 
-    def __init__(self, app, *, token: str | None, max_body_bytes: int, metrics: Metrics, endpoints: set[str]):
+    def __init__(self, app, *, token: str | None, max_body_bytes: int, metrics: Metrics, endpoints: set[str],
+                 batcher: MicroBatcher):
         self.app = app
+        self.batcher = batcher
         self.expected = f"Bearer {token}".encode() if token else None
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
@@ -157,12 +163,17 @@ class _Guard:
                                   "(send Authorization: Bearer <token>)", headers=[(b"www-authenticate", b"Bearer")])
                 return
             if scope.get("method") in {"POST", "PUT", "PATCH"}:
+                if path in SCORING_PATHS and scope.get("method") == "POST":
+                    self.batcher.announce()  # the batcher may wait for this one
+                    scope[ARRIVING] = True
                 body = await self._read_body(scope, receive, send_status)
                 if body is None:
                     return
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_status)
         finally:
+            if scope.pop(ARRIVING, False):  # refused before it reached the batcher
+                self.batcher.withdraw()
             endpoint = path if path in self.endpoints else "other"
             self.metrics.request_finished(endpoint, scope.get("method", ""), status, time.perf_counter() - start)
 
@@ -252,14 +263,15 @@ def create_app(predictor: Predictor, *, info: ModelInfo, settings: ServeSettings
     app.state.batcher = batcher
     app.state.metrics = metrics
 
-    async def score(pairs: list[Pair], fields: Sequence[str]) -> np.ndarray:
+    async def score(request: Request, pairs: list[Pair], fields: Sequence[str]) -> np.ndarray:
         """Score through the batcher; map failures to one request's 4xx/5xx; ``fields[i]`` names pair i."""
+        announced = bool(request.scope.pop(ARRIVING, False))
         if settings.log_texts:
             for p in pairs:
                 logger.info("pair %s: prompt=%r a=%r b=%r", p.id, p.text_prompt()[:500], p.text_a()[:500],
                             p.text_b()[:500])
         try:
-            proba = await batcher.submit(pairs)
+            proba = await batcher.submit(pairs, announced=announced)
         except BatcherClosed as e:
             raise ApiError(None, str(e), status=503, code="unavailable") from None
         except UserError as e:
@@ -309,21 +321,21 @@ def create_app(predictor: Predictor, *, info: ModelInfo, settings: ServeSettings
 
     @app.post("/v1/preference", response_model=PreferenceOut | PreferenceBatchOut, responses=_ERROR_RESPONSES,
               summary="P(a), P(b), P(tie) for one pair or a batch")
-    async def preference(body: PreferenceRequest) -> dict[str, Any]:
+    async def preference(body: PreferenceRequest, request: Request) -> dict[str, Any]:
         check_preference(body, limits)
         pairs = preference_pairs(body)
         fields = [f"pairs[{i}]" for i in range(len(pairs))] if body.is_batch else ["body"]
-        proba = await score(pairs, fields)
+        proba = await score(request, pairs, fields)
         results = [{"id": item.id, "p_a": float(p[0]), "p_b": float(p[1]), "p_tie": float(p[2]),
                     "winner": LABELS[int(np.argmax(p))]} for item, p in zip(body.items(), proba, strict=True)]
         return {"results": results} if body.is_batch else results[0]
 
     @app.post("/v1/rank", response_model=RankOut, responses=_ERROR_RESPONSES,
               summary="Score and rank N candidate responses to one prompt (Bradley-Terry)")
-    async def rank(body: RankRequest) -> dict[str, Any]:
+    async def rank(body: RankRequest, request: Request) -> dict[str, Any]:
         check_rank(body, limits)
         pairs, order = rank_pairs(body)
-        proba = await score(pairs, [f"responses[{i}]" for i, _ in order])
+        proba = await score(request, pairs, [f"responses[{i}]" for i, _ in order])
         n = len(body.responses)
         wins = win_matrix(n, order, proba)
         scores = bradley_terry(wins)
@@ -337,7 +349,7 @@ def create_app(predictor: Predictor, *, info: ModelInfo, settings: ServeSettings
 
     endpoints = {route.path for route in app.routes if hasattr(route, "path")}
     app.add_middleware(_Guard, token=settings.token, max_body_bytes=limits.max_body_bytes, metrics=metrics,
-                       endpoints=endpoints)
+                       endpoints=endpoints, batcher=batcher)
     return app
 
 

@@ -2,9 +2,13 @@
 
 One asyncio task takes requests off a queue and hands them to the model in one worker thread (the event loop
 never runs the model, and the model never runs twice at once). A batch closes when it holds ``max_batch_size``
-pairs, or when its oldest request has waited ``max_wait_ms``; requests that arrive while the model is busy form
-the next batch at once. A request is never split: one larger than ``max_batch_size`` is scored alone. Each
-request gets back exactly its own rows, in its own order.
+pairs, when its oldest request has waited ``max_wait_ms``, or when no other request is on its way: the app
+calls :meth:`MicroBatcher.announce` when a scoring request starts arriving (its body still being read and
+validated) and ``submit(..., announced=True)`` or :meth:`MicroBatcher.withdraw` when it gets here or gives up.
+So a lone request is scored at once (batching adds no latency at low load), and under load a batch waits, at
+most ``max_wait_ms``, for the requests already being parsed. Requests that arrive while the model is busy form
+the next batch. A request is never split: one larger than ``max_batch_size`` is scored alone. Each request
+gets back exactly its own rows, in its own order.
 
 Failures stay with the request that caused them: when a batch of several requests fails, each request is
 scored again alone, so only the culprit sees the exception; the worker keeps running. A request whose client
@@ -64,6 +68,7 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self._busy = False
+        self._arriving = 0
 
     @property
     def queue_depth(self) -> int:
@@ -101,8 +106,23 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    async def submit(self, pairs: Sequence[Pair]) -> np.ndarray:
-        """Queue ``pairs``; return their ``n x 3`` probabilities once the model has scored them."""
+    def announce(self) -> None:
+        """A scoring request is on its way (call from the event loop); batches wait for it, up to max wait."""
+        self._arriving += 1
+
+    def withdraw(self) -> None:
+        """An announced request will not be submitted after all (refused, or the client went away)."""
+        self._arriving = max(0, self._arriving - 1)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def submit(self, pairs: Sequence[Pair], *, announced: bool = False) -> np.ndarray:
+        """Queue ``pairs``; return their ``n x 3`` probabilities once the model has scored them.
+
+        ``announced``: this request was announced with :meth:`announce` (it no longer counts as on its way).
+        """
+        if announced:
+            self._arriving = max(0, self._arriving - 1)
         if not self.running or self._wake is None:
             raise BatcherClosed("server is not accepting work (starting or shutting down)")
         if not pairs:
@@ -123,9 +143,9 @@ class MicroBatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.enabled and self._pending_pairs < self.max_batch_size:
+            if self.enabled and self._pending_pairs < self.max_batch_size and self._arriving > 0:
                 remaining = self._pending[0].enqueued + self.max_wait - loop.time()
-                if remaining > 0:  # wait for company, at most until the oldest request's deadline
+                if remaining > 0:  # wait for the requests on their way, at most until the oldest one's deadline
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), remaining)
