@@ -1,7 +1,8 @@
 """Benchmark of ``prefpred serve`` with the CPU model on 127.0.0.1: throughput, latency, errors, memory.
 
-For micro-batching off and on, a server is started as a subprocess (``python -m prefpred serve``) serving a CPU
-run trained on Arena rows, and 1, 8 and 32 concurrent clients send single pairs (real Arena pairs, in turn) over
+Two servers are started as subprocesses (``python -m prefpred serve``), micro-batching off and on, serving a CPU
+run trained on Arena rows; at 1, 8 and 32 concurrent clients they take turns (``--rounds``, so a change in the
+machine's load hits both alike) while the clients send single pairs (real Arena pairs, in turn) over
 keep-alive connections: a minimal asyncio HTTP/1.1 client by default, ``--client httpx`` for httpx.AsyncClient
 (several times more client CPU per request, taken from the same two cores). Printed per level: requests/s,
 p50/p99 latency, errors, the server's and the client's CPU seconds per 1,000 requests. Then one long run with batching on (32 clients, ``--long`` requests):
@@ -179,19 +180,41 @@ async def load(url: str, bodies: list[bytes], clients: int, n_requests: int, *, 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - t0
+    return summarize(clients, latencies, wall, errors)
+
+
+def summarize(clients: int, latencies: list[float], wall: float, errors: list[str]) -> dict:
     lat = np.asarray(latencies) * 1000
     return {"clients": clients, "requests": len(latencies), "wall_s": wall, "rps": len(latencies) / wall,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "errors": len(errors), "first_error": errors[0] if errors else None}
+            "errors": len(errors), "first_error": errors[0] if errors else None, "latencies": latencies,
+            "error_list": errors}
 
 
-def measure(server: Server, bodies: list[bytes], clients: int, n_requests: int, client: str) -> dict:
-    asyncio.run(load(server.url, bodies, clients, min(50, n_requests), client=client))  # warm-up
-    cpu0, client0 = server.cpu_s(), time.process_time()
-    result = asyncio.run(load(server.url, bodies, clients, n_requests, client=client))
-    result["server_cpu_s_per_1k"] = (server.cpu_s() - cpu0) / result["requests"] * 1000
-    result["client_cpu_s_per_1k"] = (time.process_time() - client0) / result["requests"] * 1000
-    return result
+def measure(servers: dict[str, Server], bodies: list[bytes], clients: int, n_requests: int, client: str,
+            rounds: int) -> dict[str, dict]:
+    """Each mode's numbers at ``clients`` clients, the modes taking turns in ``rounds`` rounds, so that a
+    change of the machine's load (other processes) hits both alike."""
+    acc = {mode: {"lat": [], "errors": [], "wall": 0.0, "cpu": 0.0, "client": 0.0} for mode in servers}
+    for server in servers.values():
+        asyncio.run(load(server.url, bodies, clients, min(50, n_requests), client=client))  # warm-up
+    for _ in range(rounds):
+        for mode, server in servers.items():
+            cpu0, client0 = server.cpu_s(), time.process_time()
+            r = asyncio.run(load(server.url, bodies, clients, max(1, n_requests // rounds), client=client))
+            a = acc[mode]
+            a["cpu"] += server.cpu_s() - cpu0
+            a["client"] += time.process_time() - client0
+            a["lat"] += r["latencies"]
+            a["errors"] += r["error_list"]
+            a["wall"] += r["wall_s"]
+    out = {}
+    for mode, a in acc.items():
+        r = summarize(clients, a["lat"], a["wall"], a["errors"])
+        r["server_cpu_s_per_1k"] = a["cpu"] / r["requests"] * 1000
+        r["client_cpu_s_per_1k"] = a["client"] / r["requests"] * 1000
+        out[mode] = r
+    return out
 
 
 def batch_stats(url: str) -> str:
@@ -215,7 +238,7 @@ def main() -> int:
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
                     help="Load generator: raw asyncio HTTP/1.1 (little client CPU) or httpx.AsyncClient.")
-    ap.add_argument("--only", choices=("off", "on"), default=None, help="Run one mode only (no checks).")
+    ap.add_argument("--rounds", type=int, default=4, help="Turns the two servers take at each level.")
     ap.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = ap.parse_args()
     if not args.data.is_file():
@@ -226,28 +249,27 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         run = args.run or train_run(args.data, Path(tmp))
         results: dict = {"levels": {}, "load_before": os.getloadavg()}
-        for mode, flags in (("off", ["--no-batching"]),
-                            ("on", ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
-                                    str(args.max_wait_ms)])):
-            if args.only not in (None, mode):
-                continue
-            server = Server(run, flags)
-            try:
-                print(f"\nmicro-batching {mode}")
-                print(f"{'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
-                      f"{'server CPU s/1k':>15} {'client CPU s/1k':>15}")
-                for clients, n in zip((1, 8, 32), args.requests, strict=True):
-                    r = measure(server, bodies, clients, n, args.client)
-                    results["levels"][f"{mode}-{clients}"] = r
-                    print(f"{clients:>7} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['errors']:>6} "
-                          f"{r['server_cpu_s_per_1k']:>15.2f} {r['client_cpu_s_per_1k']:>15.2f}", flush=True)
-                print(f"  ({batch_stats(server.url)})")
-                if mode == "on":
-                    results["long"] = long_run(server, bodies, args.long, args.client)
-            finally:
+        modes = {"off": ["--no-batching"],
+                 "on": ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]}
+        servers = {mode: Server(run, flags) for mode, flags in modes.items()}
+        try:
+            print(f"\n{'batching':>8} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} "
+                  f"{'server CPU s/1k':>15} {'client CPU s/1k':>15}")
+            for clients, n in zip((1, 8, 32), args.requests, strict=True):
+                for mode, r in measure(servers, bodies, clients, n, args.client, args.rounds).items():
+                    results["levels"][f"{mode}-{clients}"] = {k: v for k, v in r.items()
+                                                              if k not in {"latencies", "error_list"}}
+                    print(f"{mode:>8} {clients:>7} {r['rps']:>8.1f} {r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+                          f"{r['errors']:>6} {r['server_cpu_s_per_1k']:>15.2f} {r['client_cpu_s_per_1k']:>15.2f}",
+                          flush=True)
+            for mode, server in servers.items():
+                print(f"  batching {mode}: {batch_stats(server.url)}")
+            results["long"] = long_run(servers["on"], bodies, args.long, args.client)
+        finally:
+            for server in servers.values():
                 server.stop()
     results["load_after"] = os.getloadavg()
-    return report(results, args) if args.only is None else 0
+    return report(results, args)
 
 
 def long_run(server: Server, bodies: list[bytes], n: int, client: str) -> dict:
@@ -257,6 +279,7 @@ def long_run(server: Server, bodies: list[bytes], n: int, client: str) -> dict:
                          on_progress=lambda k: rss.append((k, server.rss_mib()))))
     r["server_cpu_s"] = server.cpu_s() - cpu0
     r["rss_mib"] = rss
+    del r["latencies"], r["error_list"]
     print(f"\nlong run: {r['requests']} requests at 32 clients, {r['rps']:.1f} req/s, p50 {r['p50_ms']:.1f} ms, "
           f"p99 {r['p99_ms']:.1f} ms, {r['errors']} errors, server CPU {r['server_cpu_s']:.1f} s")
     print("  server RSS MiB by requests done: " + ", ".join(f"{k}: {v:.1f}" for k, v in rss))

@@ -223,3 +223,25 @@ def test_listening_socket_is_tcp_so_responses_are_not_delayed_by_nagle():
 
     with bind_socket("127.0.0.1", 0) as sock:  # asyncio sets TCP_NODELAY on accepted sockets only for proto TCP
         assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0
+
+
+def test_under_load_a_batch_waits_for_company_and_stops_waiting_when_load_ends():
+    async def main():
+        model = _Recorder(delay=0.05)
+        b = MicroBatcher(model, max_wait_ms=300)
+        await b.start()
+        try:
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(asyncio.gather(*(b.submit([_pair(k)]) for k in range(3))), 60)
+            assert max(len(c) for c in model.calls) > 1  # merged: the server is under load
+            t = loop.time()
+            await asyncio.wait_for(b.submit([_pair(7)]), 60)
+            waited = loop.time() - t
+            t = loop.time()
+            await asyncio.wait_for(b.submit([_pair(8)]), 60)  # the last batch was alone: load is over
+            return waited, loop.time() - t
+        finally:
+            await b.stop()
+
+    waited, then = asyncio.run(main())
+    assert waited >= 0.25 and then < waited

@@ -5,8 +5,10 @@ never runs the model, and the model never runs twice at once). A batch closes wh
 pairs, when its oldest request has waited ``max_wait_ms``, or when no other request is on its way: the app
 calls :meth:`MicroBatcher.announce` when a scoring request starts arriving (its body still being read and
 validated) and ``submit(..., announced=True)`` or :meth:`MicroBatcher.withdraw` when it gets here or gives up.
-So a lone request is scored at once (batching adds no latency at low load), and under load a batch waits, at
-most ``max_wait_ms``, for the requests already being parsed. Requests that arrive while the model is busy form
+A batch also waits while the server is under load (the last batch merged several requests, or requests came
+while it was scored): under load, requests still in the socket buffers are not visible yet. So a lone request
+is scored at once (batching adds no latency at low load), and under load a batch waits at most ``max_wait_ms``
+for company. Requests that arrive while the model is busy form
 the next batch. A request is never split: one larger than ``max_batch_size`` is scored alone. Each request
 gets back exactly its own rows, in its own order.
 
@@ -69,6 +71,7 @@ class MicroBatcher:
         self._closing = False
         self._busy = False
         self._arriving = 0
+        self._under_load = False  # the last batch merged requests, or more came while it was scored
 
     @property
     def queue_depth(self) -> int:
@@ -143,7 +146,8 @@ class MicroBatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.enabled and self._pending_pairs < self.max_batch_size and self._arriving > 0:
+            if (self.enabled and self._pending_pairs < self.max_batch_size
+                    and (self._arriving > 0 or self._under_load)):
                 remaining = self._pending[0].enqueued + self.max_wait - loop.time()
                 if remaining > 0:  # wait for the requests on their way, at most until the oldest one's deadline
                     self._wake.clear()
@@ -157,6 +161,7 @@ class MicroBatcher:
                 self._busy = True
                 try:
                     await self._score(batch)
+                    self._under_load = len(batch) > 1 or bool(self._pending)
                 except Exception as e:  # a bug here must not leave requests waiting forever
                     logger.exception("batcher failed on a batch of %d requests", len(batch))
                     for job in batch:
