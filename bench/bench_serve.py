@@ -53,7 +53,8 @@ def train_run(data: Path, out: Path) -> Path:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 class Server:
@@ -231,20 +232,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--run", type=Path, default=None, help="A CPU run to serve (default: train one on --data).")
-    ap.add_argument("--requests", type=int, nargs=3, default=[300, 1000, 2000], metavar=("N1", "N8", "N32"),
+    ap.add_argument("--requests", type=int, nargs=3, default=[300, 1000, 3000], metavar=("N1", "N8", "N32"),
                     help="Requests per level at 1, 8 and 32 clients.")
     ap.add_argument("--long", type=int, default=10_000, help="Requests in the long run (batching on, 32 clients).")
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
                     help="Load generator: raw asyncio HTTP/1.1 (little client CPU) or httpx.AsyncClient.")
-    ap.add_argument("--rounds", type=int, default=4, help="Turns the two servers take at each level.")
+    ap.add_argument("--rounds", type=int, default=6, help="Turns the two servers take at each level.")
     ap.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = ap.parse_args()
     if not args.data.is_file():
         print(f"no data at {args.data}", file=sys.stderr)
         return 2
-    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    import importlib.util
+
+    fast = [m for m in ("httptools", "uvloop") if importlib.util.find_spec(m) is not None]
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs; "
+          f"uvicorn uses {', '.join(fast) if fast else 'h11 and asyncio (no httptools/uvloop installed)'}")
     bodies = request_bodies(args.data, 2000)
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         run = args.run or train_run(args.data, Path(tmp))

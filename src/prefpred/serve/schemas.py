@@ -174,7 +174,9 @@ class PreferenceRequest(BaseModel):
         """The pairs of this request, in order (a single pair is a batch of one)."""
         if self.pairs is not None:
             return list(self.pairs)
-        return [PairIn(id=self.id, prompt=self.prompt, response_a=self.response_a, response_b=self.response_b)]
+        # already validated as this request's fields: no second validation
+        return [PairIn.model_construct(id=self.id, prompt=self.prompt, response_a=self.response_a,
+                                       response_b=self.response_b)]
 
 
 def check_preference(request: PreferenceRequest, limits: Limits) -> None:
