@@ -47,7 +47,9 @@ def train_run(data: Path, out: Path) -> Path:
     t = time.perf_counter()
     cmd = [sys.executable, "-m", "prefpred", "run", "--data", str(data), "--out", str(out), "--name", "bench",
            "--no-embeddings", "--force"]
-    subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"prefpred run failed:\n{done.stderr[-3000:]}")
     print(f"trained {out / 'bench'} in {time.perf_counter() - t:.1f} s", flush=True)
     return out / "bench"
 
