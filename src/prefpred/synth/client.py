@@ -195,17 +195,6 @@ def resolve_api_key(env_name: str, base_url: str) -> str:
                     f"local servers accept {DUMMY_KEY})")
 
 
-def scrub_obj(obj: Any, secret: str | None) -> Any:
-    """A copy of a JSON-like object with :func:`scrub` applied to every string in it (keys included)."""
-    if isinstance(obj, str):
-        return scrub(obj, secret)
-    if isinstance(obj, dict):
-        return {scrub_obj(k, secret): scrub_obj(v, secret) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [scrub_obj(v, secret) for v in obj]
-    return obj
-
-
 def scrub(text: str, secret: str | None) -> str:
     """``text`` with every occurrence of ``secret`` (and of its long prefixes/suffixes) replaced by ``***``."""
     if not secret or secret == DUMMY_KEY or not text:
@@ -282,10 +271,6 @@ class TeacherClient:
 
     def scrub(self, text: str) -> str:
         return scrub(text, self._key)
-
-    def scrub_record(self, record: dict[str, Any]) -> dict[str, Any]:
-        """``record`` with the key scrubbed from every string (the last line of defence before a write)."""
-        return scrub_obj(record, self._key)
 
     def _modes(self, schema: dict | None) -> list[str | None]:
         if schema is None:
@@ -474,8 +459,8 @@ async def _run_one(job: Job, client: TeacherClient, cache: AnswerCache) -> None:
         except RequestFailed as e:
             stats.failed += 1
             logger.warning("%s failed: %s", _what(job), e)
-            cache.append(client.scrub_record(_record(job, "rejected" if e.rejected else "error", error=str(e),
-                                                     raw=(raws + e.raw) or None, attempts=attempt + 1)))
+            cache.append(_record(job, "rejected" if e.rejected else "error", error=str(e), raw=(raws + e.raw) or None,
+                                 attempts=attempt + 1))
             return
         stats.prompt_tokens += reply.prompt_tokens
         stats.completion_tokens += reply.completion_tokens
@@ -495,13 +480,12 @@ async def _run_one(job: Job, client: TeacherClient, cache: AnswerCache) -> None:
                 continue
             stats.failed += 1
             logger.warning("malformed answer for %s after %d attempt(s): %s", _what(job), attempt + 1, e)
-            cache.append(client.scrub_record(_record(job, "malformed", error=str(e), raw=raws, attempts=attempt + 1,
-                                                     usage={"prompt_tokens": usage[0], "completion_tokens": usage[1]})))
+            cache.append(_record(job, "malformed", error=str(e), raw=raws, attempts=attempt + 1,
+                                 usage={"prompt_tokens": usage[0], "completion_tokens": usage[1]}))
             return
         stats.done += 1
-        cache.append(client.scrub_record(_record(job, "ok", answer=answer, attempts=attempt + 1,
-                                                 finish_reason=reply.finish_reason,
-                                                 usage={"prompt_tokens": usage[0], "completion_tokens": usage[1]})))
+        cache.append(_record(job, "ok", answer=answer, attempts=attempt + 1, finish_reason=reply.finish_reason,
+                             usage={"prompt_tokens": usage[0], "completion_tokens": usage[1]}))
         return
 
 
