@@ -21,8 +21,8 @@ Knobs (constructor keywords, :meth:`FakeOpenAIServer.control`, or ``POST /contro
 ``bad_body_next`` + ``bad_body`` (HTTP 200 whose body is that text: invalid JSON or the wrong shape),
 ``malformed_next`` (the next N judgements are broken JSON), ``malformed_if`` (judgements whose text contains this
 string are always broken), ``confidence_next`` + ``confidence_text`` (the next N judgements carry that literal as
-confidence, e.g. ``NaN``), ``echo_key`` (answers quote the caller's bearer token), ``honours``/``rejects``
-(response-format types), ``logprobs``, ``top_k_cap`` (most ``top_logprobs`` entries returned),
+confidence, e.g. ``NaN``), ``echo_key`` (answers quote the caller's bearer token), ``honours``/``rejects`` (response-format types) +
+``reject_status`` (422; llama-cpp-python 0.3 answers 500), ``logprobs``, ``top_k_cap`` (most ``top_logprobs`` entries returned),
 ``position_bias`` (near-equal pairs get ``A`` instead of ``tie``), ``require_key`` (401 unless the bearer token
 matches). ``GET /stats`` returns the request count per user-message hash. Run it by hand with
 ``python tests/openai_server.py --port 8000``.
@@ -57,7 +57,7 @@ DEFAULTS: dict[str, Any] = {"fail_next": 0, "fail_status": 500, "delay": 0.0, "s
                             "trickle_next": 0, "trickle_delay": 0.2, "bad_body_next": 0, "bad_body": "{",
                             "malformed_next": 0, "malformed_if": None, "confidence_next": 0,
                             "confidence_text": "NaN", "echo_key": False, "honours": ["json_schema", "json_object"],
-                            "rejects": [], "logprobs": True, "top_k_cap": 20, "position_bias": False,
+                            "rejects": [], "reject_status": 422, "logprobs": True, "top_k_cap": 20, "position_bias": False,
                             "require_key": None, "tie_band": 0.15}
 
 
@@ -204,8 +204,8 @@ class FakeOpenAIServer:
         fmt = body.get("response_format")
         fmt_type = fmt.get("type") if isinstance(fmt, dict) else None
         if fmt_type is not None and fmt_type in knobs["rejects"]:
-            return 422, {"detail": [{"type": "literal_error", "loc": ["body", "response_format", "type"],
-                                     "msg": "Input should be 'text' or 'json_object'"}]}, {}
+            msg = "1 validation error: ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"
+            return int(knobs["reject_status"]), _error(msg, "validation"), {}
         logprobs = None
         if body.get("logprobs"):
             lps = digit_logprobs(user)

@@ -216,14 +216,15 @@ def test_label_and_pairs_refuse_to_overwrite_without_force_and_never_their_input
 
 
 # ------------------------------------------------------------------------------------------ JSON dialects
-def test_auto_mode_falls_back_to_llama_cpp_json_object_and_remembers_it(tmp_path):
+@pytest.mark.parametrize("status", [422, 500])  # llama.cpp's server / llama-cpp-python 0.3's
+def test_auto_mode_falls_back_to_llama_cpp_json_object_and_remembers_it(tmp_path, status):
     pairs = planted_pairs(3, seed=48)
-    with FakeOpenAIServer(rejects=["json_schema"], honours=["json_object"]) as srv:
+    with FakeOpenAIServer(rejects=["json_schema"], honours=["json_object"], reject_status=status) as srv:
         rep = label_pairs(pairs, cfg(srv.url, concurrency=1), teacher="t", out=tmp_path / "a.jsonl", api_key=KEY,
                           progress=False)
         types = [f["type"] if f else None for f in srv.formats_seen]
     assert rep.labelled == 3 and rep.failed == 0 and rep.stats.retried == 0
-    assert types == ["json_schema"] + ["json_object"] * 6 and srv.statuses[422] == 1
+    assert types == ["json_schema"] + ["json_object"] * 6 and srv.statuses[status] == 1
     assert all(f["schema"]["required"] == ["scores", "verdict", "confidence"] for f in srv.formats_seen[1:])
 
 

@@ -19,6 +19,7 @@ Structured output comes in dialects (:data:`~prefpred.synth.schema.JSON_MODES`):
 with OpenAI's ``json_schema``; when the server refuses it with HTTP 400/422 the same request is sent again in
 llama.cpp's ``json_object`` dialect, then with no ``response_format`` at all, and the first dialect the server
 accepts is kept for the rest of the run (a refusal in every dialect is an ordinary rejected request).
+llama-cpp-python's server answers HTTP 500 naming ``response_format`` instead of a 4xx: that counts too.
 
 The API key is read from an environment variable (:func:`resolve_api_key`) and is never logged or written: every
 text that comes from the server (answers, error messages, broken bodies) is scrubbed of it on arrival.
@@ -323,7 +324,7 @@ class TeacherClient:
                 if code in (401, 403, 404):
                     raise FatalAPIError(f"the server refused the request (HTTP {code}): "
                                         f"{self.scrub(_short(e))}") from None
-                if code in (400, 422) and self.json_mode is None and mi + 1 < len(modes):
+                if self.json_mode is None and mi + 1 < len(modes) and _refuses_format(code, e):
                     logger.info("HTTP %d for response_format %s; asking again as %s", code, mode, modes[mi + 1])
                     mi += 1
                     continue
@@ -355,6 +356,16 @@ class TeacherClient:
         raw = await asyncio.wait_for(self._client.chat.completions.with_raw_response.create(**kwargs),
                                      timeout=self.cfg.timeout)
         return parse_reply(self.scrub(raw.text))
+
+
+def _refuses_format(code: int, e: Exception) -> bool:
+    """Whether an error answer may be the server refusing the ``response_format`` dialect: any HTTP 400/422, or
+    another error that names ``response_format`` (llama-cpp-python's server answers HTTP 500 with its validation
+    error for ``json_schema``)."""
+    if code in (400, 422):
+        return True
+    text = f"{getattr(e, 'message', '')} {getattr(e, 'body', '')}".lower()
+    return code >= 500 and "response_format" in text
 
 
 def _short(e: Exception, n: int = 300) -> str:
