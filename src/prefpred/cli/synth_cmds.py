@@ -54,8 +54,11 @@ def _print_label_report(console: Console, rep: dict[str, Any]) -> None:
     if rep["agreement_with_input_labels"] is not None:
         console.print(f"agreement with the input labels (argmax): {rep['agreement_with_input_labels']:.1%}")
     _print_requests(console, "Judge requests", rep["requests"])
+    if rep["json_mode"] is not None:
+        console.print(f"structured output sent as: {rep['json_mode']}", highlight=False)
     if rep["failed"]:
-        console.print(f"[yellow]{rep['failed']} pair(s) failed[/yellow]: they are in the output with "
+        causes = ", ".join(f"{n} {cause}" for cause, n in rep["failures"].items())
+        console.print(f"[yellow]{rep['failed']} pair(s) failed[/yellow] ({causes}): they are in the output with "
                       "\"failed\": true and the raw answers; rerun with --retry-failed to ask again.")
 
 

@@ -62,6 +62,11 @@ class LabelReport:
     cache: str
     teacher: str
     stats: RunStats = field(default_factory=RunStats)
+    json_mode: str | None = None
+    """The structured-output dialect the server took (``None``: no request was sent)."""
+    failures: dict[str, int] = field(default_factory=dict)
+    """Failed pairs by cause: ``malformed`` (the teacher's text), ``rejected`` (HTTP 400/422), ``error`` (no
+    answer), ``not judged`` (a run stopped before the pair was asked)."""
 
     @property
     def flip_rate(self) -> float | None:
@@ -70,8 +75,8 @@ class LabelReport:
     def to_dict(self) -> dict[str, Any]:
         return {"pairs": self.pairs, "labelled": self.labelled, "failed": self.failed, "flips": self.flips,
                 "flip_rate": self.flip_rate, "agreement_with_input_labels": self.agreement,
-                "teacher": self.teacher, "style": STYLE_VERSION, "out": self.out, "cache": self.cache,
-                "requests": self.stats.to_dict()}
+                "failures": dict(self.failures), "teacher": self.teacher, "style": STYLE_VERSION,
+                "json_mode": self.json_mode, "out": self.out, "cache": self.cache, "requests": self.stats.to_dict()}
 
 
 def judge_key(teacher: str, shown: Pair) -> str:
@@ -178,16 +183,29 @@ def write_labels(pairs: Sequence[Pair], teacher: str, cache: AnswerCache, out: s
 
 
 def summarize(pairs: Sequence[Pair], records: Sequence[dict[str, Any]], teacher: str, out: str | None,
-              cache_path: str, stats: RunStats) -> LabelReport:
+              cache_path: str, stats: RunStats, json_mode: str | None = None) -> LabelReport:
     labelled = [r for r in records if "label" in r]
+    failures: dict[str, int] = {}
+    for r in records:
+        if "label" not in r:
+            cause = _failure_cause(r.get("error", ""))
+            failures[cause] = failures.get(cause, 0) + 1
     agree = [(int(np.argmax(r["label"])), int(np.argmax(r["human_label"]))) for r in labelled
              if r.get("human_label") is not None]
     return LabelReport(
         pairs=len(pairs), labelled=len(labelled), failed=len(records) - len(labelled),
         flips=sum(1 for r in labelled if r["flip"]),
         agreement=(sum(a == b for a, b in agree) / len(agree)) if agree else None,
-        out=out, cache=cache_path, teacher=teacher, stats=stats,
+        out=out, cache=cache_path, teacher=teacher, stats=stats, json_mode=json_mode, failures=failures,
     )
+
+
+def _failure_cause(error: str) -> str:
+    """The cause of a failed pair from its ``error`` (``"ab: malformed: ...; ba: ..."``), malformed first."""
+    for cause in ("malformed", "rejected", "error", "not judged"):
+        if f": {cause}" in error:
+            return cause
+    return "error"
 
 
 def default_cache_path(out: str | Path) -> Path:
@@ -205,7 +223,8 @@ async def label_pairs_async(pairs: Sequence[Pair], client: TeacherClient, cache:
         records = write_labels(pairs, teacher, cache, out, extra)
     else:
         records = [pair_record(p, teacher, cache, extra) for p in pairs]
-    report = summarize(pairs, records, teacher, None if out is None else str(out), str(cache.path), client.stats)
+    report = summarize(pairs, records, teacher, None if out is None else str(out), str(cache.path), client.stats,
+                       client.json_mode)
     logger.info("labelled %d/%d pairs (%d failed); position-flip rate %s", report.labelled, report.pairs,
                 report.failed, "n/a" if report.flip_rate is None else f"{report.flip_rate:.1%}")
     return report
