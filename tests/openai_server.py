@@ -8,9 +8,9 @@ It speaks ``POST /v1/chat/completions``:
   ``honours`` (default ``json_schema`` and ``json_object``), else wrapped in prose and a Markdown fence, as a
   model without constrained decoding does; a type it ``rejects`` gets HTTP 422 (llama.cpp rejects
   ``json_schema``);
-* a request with ``logprobs`` is a *label-token judgement* (the ``seed-digits`` prompt): one token, ``0``/``1``/
-  ``2``, with ``top_logprobs`` from :func:`digit_logprobs` (``logprobs=False`` answers without them, as
-  ``transformers serve`` does);
+* a ``seed-digits`` prompt is a *label-token judgement*: one token, the likeliest of ``0``/``1``/``2`` under
+  :func:`digit_logprobs`, with ``top_logprobs`` when the request asks for them (the knob ``logprobs=False``
+  answers without them, as ``transformers serve`` does);
 * any other request is a *generation*: the answer's length and markdown grow with the digit in the model name
   (``cand-3`` writes better answers than ``cand-0``), deterministic per (model, prompt).
 
@@ -207,11 +207,11 @@ class FakeOpenAIServer:
             msg = "1 validation error: ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"
             return int(knobs["reject_status"]), _error(msg, "validation"), {}
         logprobs = None
-        if body.get("logprobs"):
+        if body.get("logprobs") or _SEED_A.search(user):
             lps = digit_logprobs(user)
             best = max(lps, key=lps.get)
             text = best
-            if knobs["logprobs"]:
+            if knobs["logprobs"] and body.get("logprobs"):
                 k = min(int(body.get("top_logprobs") or 0), int(knobs["top_k_cap"]))
                 top = sorted(lps.items(), key=lambda kv: -kv[1])[:k]
                 logprobs = {"content": [{"token": best, "logprob": lps[best], "bytes": list(best.encode()),
