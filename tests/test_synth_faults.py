@@ -21,6 +21,7 @@ from prefpred.synth.client import CircuitOpen, ClientConfig
 from prefpred.synth.label import judge_key, label_pairs, pair_record
 from prefpred.synth.schema import CRITERION_KEYS, MalformedAnswer, parse_answer
 from prefpred.testing import planted_pairs
+from prefpred.types import DataError
 
 KEY = "sk-fault-test-0123456789abcdefXYZ"
 
@@ -131,6 +132,14 @@ def test_non_finite_or_out_of_range_confidence_is_a_recorded_failure(tmp_path, c
     assert all(abs(sum(r["label"]) - 1) < 1e-9 for r in recs if not r.get("failed"))
     extra = load_extra(DataConfig(extra_path=str(out)))
     assert len(extra) == rep.labelled  # what is reported as labelled is what training gets
+
+
+def test_extra_data_with_a_nan_label_is_refused_not_dropped(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    row = {"id": "x", "prompt": ["p"], "response_a": ["a"], "response_b": ["b"], "label": [0.5, 0.5, 0.0]}
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "id": "y"}).replace("0.0]", "NaN]") + "\n")
+    with pytest.raises(DataError, match=r"row 2.*label"):
+        load_extra(DataConfig(extra_path=str(path)))
 
 
 def test_a_nan_answer_already_in_an_old_cache_is_not_turned_into_a_label(tmp_path):
