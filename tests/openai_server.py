@@ -96,6 +96,7 @@ def digit_logprobs(user: str) -> dict[str, float]:
     margin = (qa - qb) / max(qa, qb, 1.0)
     logits = {"0": 2.0 * margin + 0.7, "1": -2.0 * margin, "2": 0.3 - 2.0 * abs(margin)}
     logits.update({t: -3.0 - 0.5 * i for i, t in enumerate(FILLER_TOKENS)})
+    logits["The"] = 0.0  # a non-label token that can outrank a label word
     norm = math.log(sum(math.exp(v) for v in logits.values()))
     return {t: v - norm for t, v in logits.items()}
 
