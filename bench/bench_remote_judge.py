@@ -8,7 +8,7 @@ prompt style, same swap averaging. Pairs are real Arena rows whose prompt fits b
     PYTHONPATH=src python bench/bench_remote_judge.py --data ../shared/data/arena/train.csv --n 20
 
 Prints the mean and max absolute difference of the probabilities, the argmax agreement, the same for one order
-(no swap), and each judge's accuracy against the human votes (for scale only: 20 pairs).
+(no swap, with ``--one-order``), and each judge's accuracy against the human votes (for scale only: 20 pairs).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--style", default="seed-digits")
     ap.add_argument("--max-prompt-tokens", type=int, default=1500, help="Keep pairs this short (n_ctx 2048).")
+    ap.add_argument("--one-order", action="store_true", help="Also compare one order (no swap): twice the time.")
     args = ap.parse_args()
 
     import torch
@@ -66,17 +67,20 @@ def main() -> None:
     t0 = time.perf_counter()
     p_local = local.predict_proba(pairs)
     local_s = time.perf_counter() - t0
-    local_one = ZeroShotJudge(model=str(gguf), style=args.style, max_length=2048, swap_average=False)
-    local_one._tok, local_one._lm = tok, lm
-    p_local_one = local_one.predict_proba(pairs)
+    print(f"local judge: {local_s:.1f} s", flush=True)
+    if args.one_order:
+        local_one = ZeroShotJudge(model=str(gguf), style=args.style, max_length=2048, swap_average=False)
+        local_one._tok, local_one._lm = tok, lm
+        p_local_one = local_one.predict_proba(pairs)
 
     with LocalServer("llama.cpp", gguf, n_ctx=2048, threads=2) as srv:
         t0 = time.perf_counter()
         remote = RemoteJudge(base_url=srv.url, model="smollm2", style=args.style, concurrency=1)
         p_remote = remote.predict_proba(pairs)
         remote_s = time.perf_counter() - t0
-        p_remote_one = RemoteJudge(base_url=srv.url, model="smollm2", style=args.style, concurrency=1,
-                                   swap_average=False).predict_proba(pairs)
+        if args.one_order:
+            p_remote_one = RemoteJudge(base_url=srv.url, model="smollm2", style=args.style, concurrency=1,
+                                       swap_average=False).predict_proba(pairs)
     print(f"remote: {remote.failed_} failed requests, {remote.no_label_} answers without a label word in the top 20")
 
     def agree(a: np.ndarray, b: np.ndarray, name: str) -> None:
@@ -86,7 +90,8 @@ def main() -> None:
               f"corr(p_a - p_b) {np.corrcoef(a[:, 0] - a[:, 1], b[:, 0] - b[:, 1])[0, 1]:.3f}")
 
     agree(p_local, p_remote, "swap-averaged")
-    agree(p_local_one, p_remote_one, "one order   ")
+    if args.one_order:
+        agree(p_local_one, p_remote_one, "one order   ")
     human = np.array([np.argmax(p.label) for p in pairs])
     print(f"accuracy vs human votes: local {np.mean(p_local.argmax(1) == human):.0%}, remote "
           f"{np.mean(p_remote.argmax(1) == human):.0%}")

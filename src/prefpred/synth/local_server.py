@@ -10,7 +10,7 @@
 
 Startup is bounded: ``GET /v1/models`` is polled until it answers or ``startup_timeout`` passes, then the process
 is killed and :class:`RuntimeError` names the end of its log. The process runs in its own session and is stopped
-with SIGTERM, then SIGKILL. Offline only: the model must be a local file (``HF_HUB_OFFLINE`` is set for the child).
+with SIGTERM, then SIGKILL; on Linux it also gets SIGTERM when this process dies, however it dies. Offline only: the model must be a local file (``HF_HUB_OFFLINE`` is set for the child).
 """
 
 from __future__ import annotations
@@ -40,6 +40,18 @@ def available(kind: str) -> bool:
         return (all(importlib.util.find_spec(m) is not None for m in ("fastapi", "uvicorn"))
                 and importlib.util.find_spec("transformers.cli.serve") is not None)
     raise ValueError(f"unknown server kind {kind!r} (known: {', '.join(KINDS)})")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, have the kernel send SIGTERM when the parent dies (a killed test run
+    leaves no server behind)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 def free_port() -> int:
@@ -89,7 +101,7 @@ class LocalServer:
                "OMP_NUM_THREADS": str(self.threads)}
         logger.info("starting %s server on port %d: %s", self.kind, self.port, " ".join(self.command()))
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
