@@ -15,6 +15,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "real_server: starts a real OpenAI-compatible server (llama.cpp, transformers "
+                                       "serve) on 127.0.0.1; skipped when that server is not installed")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout; the test is skipped when it is absent."""

@@ -2,18 +2,29 @@
 
 It speaks ``POST /v1/chat/completions``:
 
-* a request with a ``response_format`` of type ``json_schema`` is a *judgement*: the server reads the responses
-  inside ``<assistant_a>``/``<assistant_b>`` tags and prefers the longer, better-structured one (the signal
-  planted by :func:`prefpred.testing.planted_pairs`), answering JSON that follows the schema;
+* a request whose user message holds ``<assistant_a>``/``<assistant_b>`` tags is a *judgement*: the server
+  prefers the longer, better-structured response (the signal planted by :func:`prefpred.testing.planted_pairs`)
+  and answers JSON that follows the schema: bare when the request's ``response_format`` type is one it
+  ``honours`` (default ``json_schema`` and ``json_object``), else wrapped in prose and a Markdown fence, as a
+  model without constrained decoding does; a type it ``rejects`` gets HTTP 422 (llama.cpp rejects
+  ``json_schema``);
+* a ``seed-digits`` prompt is a *label-token judgement*: one token, the likeliest of ``0``/``1``/``2`` under
+  :func:`digit_logprobs`, with ``top_logprobs`` when the request asks for them (the knob ``logprobs=False``
+  answers without them, as ``transformers serve`` does);
 * any other request is a *generation*: the answer's length and markdown grow with the digit in the model name
   (``cand-3`` writes better answers than ``cand-0``), deterministic per (model, prompt).
 
 Knobs (constructor keywords, :meth:`FakeOpenAIServer.control`, or ``POST /control`` with a JSON object):
 ``fail_next`` + ``fail_status`` (the next N requests get that status, 429 with ``Retry-After: 0``), ``delay``
-(seconds before every answer), ``slow_next`` + ``slow_delay``, ``malformed_next`` (the next N judgements are
-broken JSON), ``malformed_if`` (judgements whose text contains this string are always broken), ``position_bias``
-(near-equal pairs get ``A`` instead of ``tie``), ``require_key`` (401 unless the bearer token matches).
-``GET /stats`` returns the request count per user-message hash. Run it by hand with
+(seconds before every answer), ``slow_next`` + ``slow_delay`` (silent for that long before the headers),
+``trickle_next`` + ``trickle_delay`` (headers at once, then the body one byte per ``trickle_delay`` seconds),
+``bad_body_next`` + ``bad_body`` (HTTP 200 whose body is that text: invalid JSON or the wrong shape),
+``malformed_next`` (the next N judgements are broken JSON), ``malformed_if`` (judgements whose text contains this
+string are always broken), ``confidence_next`` + ``confidence_text`` (the next N judgements carry that literal as
+confidence, e.g. ``NaN``), ``echo_key`` (answers quote the caller's bearer token), ``honours``/``rejects`` (response-format types) +
+``reject_status`` (422; llama-cpp-python 0.3 answers 500), ``logprobs``, ``top_k_cap`` (most ``top_logprobs`` entries returned),
+``position_bias`` (near-equal pairs get ``A`` instead of ``tie``), ``require_key`` (401 unless the bearer token
+matches). ``GET /stats`` returns the request count per user-message hash. Run it by hand with
 ``python tests/openai_server.py --port 8000``.
 """
 
@@ -22,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import re
 import sys
@@ -37,9 +49,16 @@ _TAG_A = re.compile(r"<assistant_a>\n(.*?)\n</assistant_a>", re.S)
 _TAG_B = re.compile(r"<assistant_b>\n(.*?)\n</assistant_b>", re.S)
 _WORDS = "data value model answer reason step method result detail point example summary note".split()
 
+_SEED_A = re.compile(r"Assistant A's response:\n(.*?)\n\nAssistant B's response:\n(.*?)\n\nWhich response", re.S)
+DIGITS = ("0", "1", "2")
+FILLER_TOKENS = ("The", " The", "\n", "Assistant", " ", "3", "A", "B")
+
 DEFAULTS: dict[str, Any] = {"fail_next": 0, "fail_status": 500, "delay": 0.0, "slow_next": 0, "slow_delay": 0.0,
-                            "malformed_next": 0, "malformed_if": None, "position_bias": False, "require_key": None,
-                            "tie_band": 0.15}
+                            "trickle_next": 0, "trickle_delay": 0.2, "bad_body_next": 0, "bad_body": "{",
+                            "malformed_next": 0, "malformed_if": None, "confidence_next": 0,
+                            "confidence_text": "NaN", "echo_key": False, "honours": ["json_schema", "json_object"],
+                            "rejects": [], "reject_status": 422, "logprobs": True, "top_k_cap": 20, "position_bias": False,
+                            "require_key": None, "tie_band": 0.15}
 
 
 def content_hash(text: str) -> str:
@@ -66,6 +85,20 @@ def judge(user: str, *, tie_band: float, position_bias: bool) -> dict[str, Any]:
     sb = max(1, min(10, round(1 + 9 * qb / max(qa + qb, 1.0))))
     return {"scores": {k: {"A": sa, "B": sb} for k in CRITERION_KEYS}, "verdict": verdict,
             "confidence": round(min(1.0, 0.4 + abs(margin)), 3)}
+
+
+def digit_logprobs(user: str) -> dict[str, float]:
+    """Log-probabilities of the first answer token of a ``seed-digits`` prompt: ``0`` (A better), ``1`` (B
+    better), ``2`` (tie) from the two responses' :func:`quality`, with a position bias towards ``0`` (so swap
+    averaging matters), and a few filler tokens below them; normalized over all listed tokens."""
+    m = _SEED_A.search(user)
+    qa, qb = (quality(m.group(1)), quality(m.group(2))) if m else (1.0, 1.0)
+    margin = (qa - qb) / max(qa, qb, 1.0)
+    logits = {"0": 2.0 * margin + 0.7, "1": -2.0 * margin, "2": 0.3 - 2.0 * abs(margin)}
+    logits.update({t: -3.0 - 0.5 * i for i, t in enumerate(FILLER_TOKENS)})
+    logits["The"] = 0.0  # a non-label token that can outrank a label word
+    norm = math.log(sum(math.exp(v) for v in logits.values()))
+    return {t: v - norm for t, v in logits.items()}
 
 
 def generate(model: str, prompt: str) -> str:
@@ -170,22 +203,45 @@ class FakeOpenAIServer:
         if self._take("slow_next"):
             time.sleep(knobs["slow_delay"])
         fmt = body.get("response_format")
-        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        fmt_type = fmt.get("type") if isinstance(fmt, dict) else None
+        if fmt_type is not None and fmt_type in knobs["rejects"]:
+            msg = "1 validation error: ('body', 'response_format', 'type'): Input should be 'text' or 'json_object'"
+            return int(knobs["reject_status"]), _error(msg, "validation"), {}
+        logprobs = None
+        if body.get("logprobs") or _SEED_A.search(user):
+            lps = digit_logprobs(user)
+            best = max(lps, key=lps.get)
+            text = best
+            if knobs["logprobs"] and body.get("logprobs"):
+                k = min(int(body.get("top_logprobs") or 0), int(knobs["top_k_cap"]))
+                top = sorted(lps.items(), key=lambda kv: -kv[1])[:k]
+                logprobs = {"content": [{"token": best, "logprob": lps[best], "bytes": list(best.encode()),
+                                         "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
+                                                          for t, v in top]}]}
+        elif _TAG_A.search(user):
             broken = self._take("malformed_next") or (knobs["malformed_if"] is not None
                                                       and knobs["malformed_if"] in user)
-            if broken:
+            if knobs["echo_key"]:
+                text = f"I was called with the key {token} and I will not judge."
+            elif broken:
                 text = '{"scores": {"relevance": {"A": 7, "B": '
             else:
                 text = json.dumps(judge(user, tie_band=knobs["tie_band"], position_bias=knobs["position_bias"]))
+                if self._take("confidence_next"):
+                    text = re.sub(r'"confidence": [0-9.]+', '"confidence": ' + knobs["confidence_text"], text)
+                if fmt_type not in knobs["honours"]:
+                    text = f"Sure! Here is my judgement of the two assistants:\n```json\n{text}\n```\nHope it helps."
         else:
             text = generate(model, user)
+            if knobs["echo_key"]:
+                text += f" (asked with key {token})"
         usage = {"prompt_tokens": len(user.split()), "completion_tokens": len(text.split())}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return 200, {
             "id": "chatcmpl-" + content_hash(user + text)[:16], "object": "chat.completion", "created": int(time.time()),
             "model": model, "usage": usage,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                         "logprobs": None}],
+                         "logprobs": logprobs}],
         }, {}
 
 
@@ -200,8 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # quiet
         pass
 
-    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode("utf-8")
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None, *, raw: bytes | None = None,
+              trickle: float = 0.0) -> None:
+        data = raw if raw is not None else json.dumps(payload).encode("utf-8")
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -209,7 +266,14 @@ class _Handler(BaseHTTPRequestHandler):
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            if trickle <= 0:
+                self.wfile.write(data)
+                return
+            self.wfile.flush()
+            for i in range(len(data)):  # one byte at a time: every read succeeds, the whole never arrives in time
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(trickle)
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
             pass
 
@@ -255,7 +319,9 @@ class _Handler(BaseHTTPRequestHandler):
                 state.inflight -= 1
         with state.lock:
             state.statuses[status] += 1
-        self._send(status, payload, headers)
+        raw = state.knobs["bad_body"].encode("utf-8") if status == 200 and state._take("bad_body_next") else None
+        trickle = float(state.knobs["trickle_delay"]) if status == 200 and state._take("trickle_next") else 0.0
+        self._send(status, payload, headers, raw=raw, trickle=trickle)
 
 
 def main() -> None:

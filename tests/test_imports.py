@@ -16,10 +16,6 @@ PACKAGE = SRC / "prefpred"
 
 KNOWN_CYCLES: list[set[str]] = [
     # Delete an entry when its cycle is gone: test_known_cycles_are_still_there turns red to say so.
-    # The model registry: models.base.load_model imports the package to register the built-in kinds, whose
-    # modules import base to register themselves.
-    {"prefpred.models", "prefpred.models.base", "prefpred.models.cpu", "prefpred.models.judge",
-     "prefpred.models.llm"},
 ]
 
 

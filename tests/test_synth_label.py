@@ -55,7 +55,7 @@ def test_label_writes_loadable_soft_labels_and_resumes_from_cache(server, tmp_pa
     rec = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
     assert {"criteria", "score_a", "score_b", "confidences"} <= set(rec)
     # a second run finds everything in the cache and sends nothing
-    again = label_pairs(pairs, fast_cfg(server.url), teacher="judge-7b", out=out, api_key=KEY, progress=False)
+    again = label_pairs(pairs, fast_cfg(server.url), teacher="judge-7b", out=out, api_key=KEY, progress=False, force=True)
     assert sum(server.counts.values()) == n_requests
     assert again.stats.from_cache == n_requests and again.stats.sent == 0 and again.labelled == 16
     # another teacher is another cache key
@@ -82,8 +82,8 @@ def test_retries_on_429_500_and_timeouts(server, tmp_path):
     rep = label_pairs(pairs, fast_cfg(server.url), teacher="t", out=tmp_path / "a.jsonl", api_key=KEY,
                       progress=False)
     assert rep.labelled == 4 and rep.stats.retried == 3 and server.statuses[429] == 3
-    server.control(fail_next=2, fail_status=503, slow_next=1, slow_delay=1.5)
-    rep = label_pairs(pairs, fast_cfg(server.url, timeout=0.5), teacher="t2", out=tmp_path / "b.jsonl",
+    server.control(fail_next=2, fail_status=503, slow_next=1, slow_delay=4.0)
+    rep = label_pairs(pairs, fast_cfg(server.url, timeout=2.0), teacher="t2", out=tmp_path / "b.jsonl",
                       api_key=KEY, progress=False)
     assert rep.labelled == 4 and rep.stats.retried == 3 and server.statuses[503] == 2
     assert rep.stats.sent == rep.stats.done + 3
@@ -93,14 +93,15 @@ def test_exhausted_retries_are_recorded_then_retried_on_rerun(server, tmp_path):
     pairs = planted_pairs(3, seed=4)
     out = tmp_path / "l.jsonl"
     server.control(fail_next=1000, fail_status=500)
-    rep = label_pairs(pairs, fast_cfg(server.url, max_retries=2), teacher="t", out=out, api_key=KEY,
+    rep = label_pairs(pairs, fast_cfg(server.url, max_retries=2, max_consecutive_failures=0), teacher="t", out=out,
+                      api_key=KEY,
                       progress=False)
     assert rep.labelled == 0 and rep.failed == 3 and rep.stats.retried == 2 * rep.stats.failed
     recs = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
     assert all(r["failed"] and "label" not in r and "HTTP 500" in r["error"] for r in recs)
     assert [p.label for p in load_pairs(out)] == [None] * 3
     server.control(fail_next=0)
-    rep = label_pairs(pairs, fast_cfg(server.url), teacher="t", out=out, api_key=KEY, progress=False)
+    rep = label_pairs(pairs, fast_cfg(server.url), teacher="t", out=out, api_key=KEY, progress=False, force=True)
     assert rep.labelled == 3 and rep.stats.from_cache == 0
 
 
@@ -108,16 +109,17 @@ def test_a_rejected_request_is_final_until_retry_failed(server, tmp_path):
     pairs = planted_pairs(3, seed=12)
     out = tmp_path / "l.jsonl"
     server.control(fail_next=1, fail_status=400)
-    rep = label_pairs(pairs, fast_cfg(server.url, concurrency=1), teacher="t", out=out, api_key=KEY,
+    rep = label_pairs(pairs, fast_cfg(server.url, concurrency=1, json_mode="json_schema"), teacher="t", out=out,
+                      api_key=KEY,
                       progress=False)
     assert rep.failed == 1 and rep.stats.retried == 0 and server.statuses[400] == 1
     failed = [r for r in map(json.loads, out.read_text(encoding="utf-8").splitlines()) if r.get("failed")]
     assert len(failed) == 1 and "rejected: HTTP 400" in failed[0]["error"]
     before = sum(server.counts.values())
-    assert label_pairs(pairs, fast_cfg(server.url), teacher="t", out=out, api_key=KEY, progress=False).failed == 1
+    assert label_pairs(pairs, fast_cfg(server.url), teacher="t", out=out, api_key=KEY, progress=False, force=True).failed == 1
     assert sum(server.counts.values()) == before
     rep = label_pairs(pairs, fast_cfg(server.url), teacher="t", out=out, api_key=KEY, retry_failed=True,
-                      progress=False)
+                      progress=False, force=True)
     assert rep.failed == 0 and sum(server.counts.values()) == before + 1
 
 
@@ -146,11 +148,11 @@ def test_malformed_output_is_retried_then_recorded_with_raw_text(server, tmp_pat
     cache.close()
     # a malformed answer is finished: a plain rerun asks nothing; --retry-failed asks again
     before = sum(server.counts.values())
-    rep = label_pairs(pairs, fast_cfg(server.url), teacher="t", out=out, api_key=KEY, progress=False)
+    rep = label_pairs(pairs, fast_cfg(server.url), teacher="t", out=out, api_key=KEY, progress=False, force=True)
     assert sum(server.counts.values()) == before and rep.failed == 1
     server.control(malformed_if=None)
     rep = label_pairs(pairs, fast_cfg(server.url), teacher="t", out=out, api_key=KEY, retry_failed=True,
-                      progress=False)
+                      progress=False, force=True)
     assert rep.failed == 0 and rep.labelled == 5 and sum(server.counts.values()) == before + 2
 
 
@@ -174,7 +176,7 @@ def test_cli_label_uses_the_env_key_and_never_writes_it(tmp_path):
     write_pairs_jsonl(planted_pairs(6, seed=11), data)
     out = tmp_path / "labels.jsonl"
     runner = CliRunner()
-    args = ["synth", "label", "--data", str(data), "--model", "judge", "--out", str(out), "--no-progress",
+    args = ["synth", "label", "--data", str(data), "--model", "judge", "--out", str(out), "--no-progress", "--force",
             "--api-key-env", "MY_TEACHER_KEY", "--backoff-base", "0.01", "--price-in", "2", "--price-out", "8"]
     with FakeOpenAIServer(require_key=KEY) as srv:
         res = runner.invoke(app, [*args, "--base-url", srv.url], env={"MY_TEACHER_KEY": KEY})

@@ -35,9 +35,9 @@ def test_pairs_generates_pairs_and_labels(tmp_path):
         first = run_cli([*args, "--max-retries", "0"])
         assert first["answers_missing"] == 1 and first["answers"] == 15
         assert first["labelling"]["pairs"] == 7
-        second = run_cli(args)  # the failed answer is asked again, nothing else
+        second = run_cli([*args, "--force"])  # the failed answer is asked again, nothing else
         sent = sum(srv.counts.values())
-        third = run_cli(args)
+        third = run_cli([*args, "--force"])
         assert sum(srv.counts.values()) == sent
     assert second["generation_requests"]["done"] == 1 and second["generation_requests"]["from_cache"] == 15
     assert third["labelling"]["requests"]["sent"] == 0 and third["generation_requests"]["sent"] == 0

@@ -287,7 +287,7 @@ def _soft_label(value: Any, *, path: str, row: int) -> tuple[float, float, float
     except (TypeError, ValueError):
         raise DataError(f"label probabilities must be numbers, got {show(value)}", path=path, row=row,
                         column="label") from None
-    if any(p < 0 or p > 1 for p in probs) or abs(sum(probs) - 1.0) > 1e-3:
+    if not all(0 <= p <= 1 for p in probs) or abs(sum(probs) - 1.0) > 1e-3:  # NaN fails both
         raise DataError(f"label probabilities must lie in [0, 1] and sum to 1, got {show(value)}", path=path, row=row,
                         column="label")
     s = sum(probs)

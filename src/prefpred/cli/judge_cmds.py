@@ -32,6 +32,10 @@ def judge(
     load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="Load the LLM in 4-bit NF4 (bitsandbytes)."),
     data_format: str = typer.Option("auto", "--format", help="Data reader name, or auto."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    base_url: str | None = typer.Option(None, "--base-url", help="Judge with --model behind this OpenAI-compatible "
+                                        "server (e.g. http://127.0.0.1:8000/v1) from its top_logprobs."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env",
+                                    help="Environment variable with the server's API key (local servers need none)."),
 ) -> None:
     """Judge pairs zero-shot with an instruct LLM: probabilities from the next-token logits of the 3 labels."""
     from prefpred.data import load_pairs
@@ -47,10 +51,17 @@ def judge(
     pairs = load_pairs(data, format=data_format, limit=limit)
     if not pairs:
         raise UserError(f"{data}: no pairs to judge")
-    judge_model = ZeroShotJudge(model=model, style=style, max_length=max_length, device=device, dtype=dtype,
-                                load_in_4bit=load_in_4bit, swap_average=not no_swap,
-                                parse_generation=parse_generation, max_new_tokens=max_new_tokens,
-                                token_budget=batch_tokens, max_batch_size=batch_size)
+    if base_url is not None:
+        from prefpred.models.remote_judge import RemoteJudge
+
+        judge_model = RemoteJudge(base_url=base_url, model=model, style=style, swap_average=not no_swap,
+                                  parse_generation=parse_generation, max_new_tokens=max_new_tokens,
+                                  api_key_env=api_key_env)
+    else:
+        judge_model = ZeroShotJudge(model=model, style=style, max_length=max_length, device=device, dtype=dtype,
+                                    load_in_4bit=load_in_4bit, swap_average=not no_swap,
+                                    parse_generation=parse_generation, max_new_tokens=max_new_tokens,
+                                    token_budget=batch_tokens, max_batch_size=batch_size)
     proba = judge_model.fit([]).predict_proba(pairs)
     ids = [p.id for p in pairs]
     labelled = [i for i, p in enumerate(pairs) if p.label is not None]
@@ -59,6 +70,8 @@ def judge(
     mode = "parse-generation" if parse_generation else "label-token"
     typer.echo(f"judged {len(pairs)} pairs with {model} (style {style}, {mode}"
                f"{', swap-averaged' if not no_swap else ''})")
+    if getattr(judge_model, "failed_", 0):
+        typer.echo(f"{judge_model.failed_} request(s) got no answer (those orders count as uniform)")
     if labelled:
         from prefpred.metrics import accuracy, log_loss
 

@@ -13,7 +13,14 @@ from prefpred.cli.app import synth_app
 
 _CONC = "Requests in flight at once."
 _RPM = "Most requests per minute (retries count); default: no limit."
-_TIMEOUT = "Per-request timeout in seconds."
+_TIMEOUT = ("Overall deadline of one request attempt in seconds (connect, wait and the whole answer; a server "
+            "that trickles bytes is cut at it).")
+_JSON_MODE = ("Structured-output dialect: json_schema (OpenAI, vLLM), json_object (llama.cpp's "
+              "{\"type\": \"json_object\", \"schema\": ...}), none (prompt only), or auto: json_schema, falling back "
+              "in order when the server refuses it with HTTP 400/422, remembered for the run.")
+_BREAKER = ("Stop the run after this many request attempts in a row got no usable answer (timeouts, connection "
+            "errors, 429/5xx, unreadable bodies); 0: never.")
+_FORCE = "Overwrite --out if it exists (never the input file)."
 _RETRIES = "Retries of a request after HTTP 429, 5xx, a timeout or a connection error."
 _FMT_RETRIES = "Extra attempts when the teacher's output is malformed, before the pair is recorded as failed."
 _KEY_ENV = "Environment variable that holds the API key (local servers accept EMPTY)."
@@ -47,8 +54,11 @@ def _print_label_report(console: Console, rep: dict[str, Any]) -> None:
     if rep["agreement_with_input_labels"] is not None:
         console.print(f"agreement with the input labels (argmax): {rep['agreement_with_input_labels']:.1%}")
     _print_requests(console, "Judge requests", rep["requests"])
+    if rep["json_mode"] is not None:
+        console.print(f"structured output sent as: {rep['json_mode']}", highlight=False)
     if rep["failed"]:
-        console.print(f"[yellow]{rep['failed']} pair(s) failed[/yellow]: they are in the output with "
+        causes = ", ".join(f"{n} {cause}" for cause, n in rep["failures"].items())
+        console.print(f"[yellow]{rep['failed']} pair(s) failed[/yellow] ({causes}): they are in the output with "
                       "\"failed\": true and the raw answers; rerun with --retry-failed to ask again.")
 
 
@@ -74,20 +84,25 @@ def label(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Label only the first N pairs."),
     price_in: float = typer.Option(None, "--price-in", help=_PRICE_IN),
     price_out: float = typer.Option(None, "--price-out", help=_PRICE_OUT),
+    json_mode: str = typer.Option("auto", "--json-mode", help=_JSON_MODE),
+    max_consecutive_failures: int = typer.Option(10, "--max-consecutive-failures", help=_BREAKER),
+    force: bool = typer.Option(False, "--force", help=_FORCE),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a tty)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Judge every pair twice (A/B exchanged) with a teacher LLM and write soft labels, resumably."""
     from prefpred.data import load_pairs
-    from prefpred.synth.label import label_pairs
+    from prefpred.synth.label import check_outputs, label_pairs
 
     cfg = _client_config(base_url, api_key_env=api_key_env, concurrency=concurrency, rpm=rpm, timeout=timeout,
                          max_retries=max_retries, format_retries=format_retries, backoff_base=backoff_base,
                          backoff_max=backoff_max, temperature=temperature, max_tokens=max_tokens,
-                         price_in=price_in, price_out=price_out)
+                         price_in=price_in, price_out=price_out, json_mode=json_mode,
+                         max_consecutive_failures=max_consecutive_failures)
+    check_outputs(out, force=force, inputs=[data], cache_path=cache)
     pairs = load_pairs(data, format=format, limit=limit)
     report = label_pairs(pairs, cfg, teacher=model, out=out, cache_path=cache, retry_failed=retry_failed,
-                         progress=progress)
+                         progress=progress, force=force, inputs=[data])
     rep = report.to_dict()
     if as_json:
         typer.echo(json.dumps(rep, indent=2))
@@ -121,6 +136,9 @@ def pairs(
     retry_failed: bool = typer.Option(False, "--retry-failed", help=_RETRY_FAILED),
     price_in: float = typer.Option(None, "--price-in", help=_PRICE_IN),
     price_out: float = typer.Option(None, "--price-out", help=_PRICE_OUT),
+    json_mode: str = typer.Option("auto", "--json-mode", help=_JSON_MODE),
+    max_consecutive_failures: int = typer.Option(10, "--max-consecutive-failures", help=_BREAKER),
+    force: bool = typer.Option(False, "--force", help=_FORCE),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: on a tty)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -129,14 +147,16 @@ def pairs(
 
     common = dict(api_key_env=api_key_env, concurrency=concurrency, rpm=rpm, timeout=timeout,
                   max_retries=max_retries, format_retries=format_retries, backoff_base=backoff_base,
-                  backoff_max=backoff_max, max_tokens=max_tokens, price_in=price_in, price_out=price_out)
+                  backoff_max=backoff_max, max_tokens=max_tokens, price_in=price_in, price_out=price_out,
+                  json_mode=json_mode, max_consecutive_failures=max_consecutive_failures)
     cfg = _client_config(base_url, **common)
     teacher_cfg = _client_config(teacher_base_url or base_url, **common)
     gen = GenerationConfig(temperature=gen_temperature, max_tokens=gen_max_tokens, system=system,
                            pairs_per_prompt=pairs_per_prompt, seed=seed)
     model_list = [m.strip() for m in models.split(",") if m.strip()]
     report = synth_pairs(read_prompts(prompts), model_list, cfg, teacher=teacher, out=out, gen=gen,
-                         teacher_cfg=teacher_cfg, cache_path=cache, retry_failed=retry_failed, progress=progress)
+                         teacher_cfg=teacher_cfg, cache_path=cache, retry_failed=retry_failed, progress=progress,
+                         force=force, inputs=[prompts])
     rep = report.to_dict()
     if as_json:
         typer.echo(json.dumps(rep, indent=2))

@@ -79,18 +79,34 @@ def read_model_meta(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+BUILTIN_KINDS: dict[str, str] = {
+    "cpu": "prefpred.models.cpu",
+    "llm": "prefpred.models.llm",
+    "zero-shot": "prefpred.models.judge",
+    "remote-judge": "prefpred.models.remote_judge",
+}
+"""Module that registers each built-in kind, imported only when a model of that kind is loaded (so loading a CPU
+model never imports torch, and this module never imports its subclasses)."""
+
+
+def _import_kind(kind: str) -> None:
+    import importlib
+
+    if kind not in _REGISTRY and kind in BUILTIN_KINDS:
+        importlib.import_module(BUILTIN_KINDS[kind])
+
+
 def load_model(directory: str | Path) -> PreferenceModel:
     """Load any registered model from a directory written by its ``save``."""
-    import prefpred.models  # noqa: F401  (registers the built-in kinds)
-
     meta = read_model_meta(directory)
     kind = meta["kind"]
+    _import_kind(kind)
     if kind not in _REGISTRY:
-        raise ValueError(f"{directory}: unknown model kind {kind!r} (known: {sorted(_REGISTRY)})")
+        raise ValueError(f"{directory}: unknown model kind {kind!r} (known: {registered_kinds()})")
     return _REGISTRY[kind].load(directory)
 
 
 def registered_kinds() -> list[str]:
-    import prefpred.models  # noqa: F401
-
+    for kind in BUILTIN_KINDS:
+        _import_kind(kind)
     return sorted(_REGISTRY)

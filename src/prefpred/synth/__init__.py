@@ -16,18 +16,25 @@ Typical use, with a teacher served by vLLM (``vllm serve Qwen/Qwen2.5-72B-Instru
         --model Qwen/Qwen2.5-72B-Instruct --out labels.jsonl --concurrency 32
     prefpred run ... --extra-data labels.jsonl --extra-weight 0.5     # distil: mix with the human labels
 
+Any OpenAI-compatible server works; its structured-output dialect is detected (``--json-mode auto``): vLLM and
+hosted APIs take ``json_schema``; llama.cpp's server (``python -m llama_cpp.server --model FILE.gguf``) refuses
+it and gets ``{"type": "json_object", "schema": ...}``; ``transformers serve`` accepts and ignores it, so the
+answer is searched for the JSON object in whatever the model wrote. A run never hangs: every attempt has an
+overall deadline (``--timeout``) and the run stops with one line after ``--max-consecutive-failures`` attempts in
+a row got no usable answer. An existing ``--out`` is only replaced with ``--force``, and never the input.
+
 The labels file is prefpred JSONL (``prefpred.data.load_pairs`` reads it); failed pairs carry
-``"failed": true`` and no label, and are left out of training.
+``"failed": true``, the error and the teacher's raw texts and no label, and are left out of training.
 """
 
 from prefpred.synth.cache import AnswerCache, cache_key
-from prefpred.synth.client import ClientConfig, FatalAPIError, RunStats, resolve_api_key
+from prefpred.synth.client import CircuitOpen, ClientConfig, FatalAPIError, RunStats, resolve_api_key
 from prefpred.synth.label import LabelReport, label_pairs
 from prefpred.synth.pairs import GenerationConfig, PairsReport, read_prompts, synth_pairs
 from prefpred.synth.schema import STYLE_VERSION, aggregate, answer_schema, build_messages, parse_answer
 
 __all__ = [
-    "STYLE_VERSION", "AnswerCache", "ClientConfig", "FatalAPIError", "GenerationConfig", "LabelReport",
+    "STYLE_VERSION", "AnswerCache", "CircuitOpen", "ClientConfig", "FatalAPIError", "GenerationConfig", "LabelReport",
     "PairsReport", "RunStats", "aggregate", "answer_schema", "build_messages", "cache_key", "label_pairs",
     "parse_answer", "read_prompts", "resolve_api_key", "synth_pairs",
 ]

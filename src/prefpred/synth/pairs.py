@@ -22,7 +22,7 @@ from typing import Any
 
 from prefpred.synth.cache import AnswerCache, cache_key
 from prefpred.synth.client import ClientConfig, Job, RunStats, TeacherClient, resolve_api_key, run_jobs_async
-from prefpred.synth.label import LabelReport, default_cache_path, label_pairs_async
+from prefpred.synth.label import LabelReport, check_outputs, default_cache_path, label_pairs_async
 from prefpred.types import ConfigError, DataError, Pair, Turn
 
 logger = logging.getLogger(__name__)
@@ -144,8 +144,11 @@ class PairsReport:
 def synth_pairs(prompts: Sequence[tuple[str, str]], models: Sequence[str], cfg: ClientConfig, *, teacher: str,
                 out: str | Path, gen: GenerationConfig | None = None, teacher_cfg: ClientConfig | None = None,
                 cache_path: str | Path | None = None, api_key: str | None = None, retry_failed: bool = False,
-                progress: bool | None = None) -> PairsReport:
-    """Generate answers to ``prompts`` with ``models``, pair them and label the pairs with ``teacher``."""
+                progress: bool | None = None, force: bool = False, inputs: Sequence[str | Path] = ()) -> PairsReport:
+    """Generate answers to ``prompts`` with ``models``, pair them and label the pairs with ``teacher``.
+
+    An existing ``out`` is replaced only with ``force``; ``out`` is never one of ``inputs`` (the prompts file).
+    """
     gen = gen or GenerationConfig()
     models = list(dict.fromkeys(models))
     if len(models) < 2:
@@ -159,6 +162,7 @@ def synth_pairs(prompts: Sequence[tuple[str, str]], models: Sequence[str], cfg: 
         key = resolve_api_key(cfg.api_key_env, cfg.base_url)
         tkey = resolve_api_key(teacher_cfg.api_key_env, teacher_cfg.base_url)
     cache_path = Path(cache_path) if cache_path is not None else default_cache_path(out)
+    check_outputs(out, force=force, inputs=inputs, cache_path=cache_path)
 
     async def main() -> PairsReport:
         gen_client = TeacherClient(cfg, key)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
+import math
 from typing import Any
 
 from prefpred.prompts import CRITERIA
@@ -62,10 +62,28 @@ def answer_schema() -> dict[str, Any]:
     }
 
 
-def response_format() -> dict[str, Any]:
-    """The ``response_format`` argument of a chat-completions request (structured outputs)."""
-    return {"type": "json_schema",
-            "json_schema": {"name": SCHEMA_NAME, "schema": answer_schema(), "strict": True}}
+JSON_MODES: tuple[str, ...] = ("json_schema", "json_object", "none")
+"""Dialects of structured output, most to least specific (``auto`` tries them in this order)."""
+
+
+def response_format(mode: str = "json_schema", schema: dict[str, Any] | None = None,
+                    name: str = SCHEMA_NAME) -> dict[str, Any] | None:
+    """The ``response_format`` argument of a chat-completions request in dialect ``mode``.
+
+    * ``json_schema``: OpenAI structured outputs (OpenAI, vLLM, SGLang, TGI):
+      ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``;
+    * ``json_object``: llama.cpp's dialect, ``{"type": "json_object", "schema": {...}}`` (its server rejects
+      ``json_schema`` with HTTP 422 but enforces this one by grammar);
+    * ``none``: no ``response_format`` (``None``); the prompt alone asks for JSON.
+    """
+    schema = answer_schema() if schema is None else schema
+    if mode == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+    if mode == "json_object":
+        return {"type": "json_object", "schema": schema}
+    if mode == "none":
+        return None
+    raise ValueError(f"unknown JSON mode {mode!r} (known: {', '.join(JSON_MODES)})")
 
 
 SYSTEM_PROMPT = (
@@ -108,29 +126,72 @@ def pair_hash(pair: Pair) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.S)
+def _no_constant(name: str) -> Any:
+    raise MalformedAnswer(f"not valid JSON ({name} is not a JSON number)")
 
 
-def parse_answer(text: str | None) -> dict[str, Any]:
-    """Parse and validate a teacher answer; :class:`MalformedAnswer` with the reason otherwise.
+def loads_strict(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN``/``Infinity``/``-Infinity`` (Python accepts them; JSON does not)."""
+    return json.loads(text, parse_constant=_no_constant)
 
-    A Markdown code fence around the JSON (servers without structured outputs sometimes add one) is removed.
-    """
-    if text is None or not text.strip():
-        raise MalformedAnswer("empty answer")
-    m = _FENCE.match(text)
-    body = m.group(1) if m else text
+
+def _json_candidates(text: str) -> list[Any]:
+    """Every JSON object embedded in ``text`` (outermost ones, left to right): the whole text when it is one,
+    else each ``{...}`` that decodes, so an answer wrapped in prose or a Markdown fence is still found."""
     try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise MalformedAnswer(f"not valid JSON ({e.msg} at char {e.pos})") from None
+        return [loads_strict(text)]
+    except json.JSONDecodeError:
+        pass
+    decoder = json.JSONDecoder(parse_constant=_no_constant)
+    found, pos = [], text.find("{")
+    while pos >= 0:
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            pos = text.find("{", pos + 1)
+            continue
+        found.append(obj)
+        pos = text.find("{", end)
+    return found
+
+
+def check_answer(obj: Any) -> dict[str, Any]:
+    """Validate a decoded answer against :func:`answer_schema` (plus finiteness); :class:`MalformedAnswer`."""
     from jsonschema.exceptions import best_match
 
     e = best_match(_validator().iter_errors(obj))
     if e is not None:
         where = "/".join(str(p) for p in e.absolute_path) or "answer"
         raise MalformedAnswer(f"does not follow the schema at {where}: {e.message}")
+    numbers = [obj["confidence"], *(v for side in obj["scores"].values() for v in side.values())]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+        raise MalformedAnswer("does not follow the schema: a number is not finite")
     return obj
+
+
+def parse_answer(text: str | None) -> dict[str, Any]:
+    """Parse and validate a teacher answer; :class:`MalformedAnswer` with the reason otherwise.
+
+    The answer may be wrapped in prose or a Markdown code fence (servers that ignore ``response_format``, small
+    models): the first embedded JSON object that follows the schema is taken. ``NaN``/``Infinity`` are not
+    JSON and are refused, so a label is never built from a non-finite confidence.
+    """
+    if text is None or not text.strip():
+        raise MalformedAnswer("empty answer")
+    candidates = _json_candidates(text)
+    if not candidates:
+        try:
+            loads_strict(text)
+        except json.JSONDecodeError as e:
+            raise MalformedAnswer(f"not valid JSON ({e.msg} at char {e.pos})") from None
+    first_error: MalformedAnswer | None = None
+    for obj in candidates:
+        try:
+            return check_answer(obj)
+        except MalformedAnswer as e:
+            first_error = first_error or e
+    assert first_error is not None
+    raise first_error
 
 
 @functools.lru_cache(maxsize=1)
