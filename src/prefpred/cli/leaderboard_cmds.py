@@ -70,9 +70,9 @@ def _top_table(run_dir: Path, metrics: dict) -> Table:
 
     table = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False)
     out = Table(title=f"leaderboard {metrics['name']}: {metrics['n_battles']:,} battles, "
-                      f"{metrics['n_models']} models")
+                      f"{metrics['n_models']} models", show_edge=False)
     style = "style_rank" in table.columns
-    header = ("rank", "model", "rating", "95% interval", "battles", "win rate", *(("style rank",) if style else ()))
+    header = ("rank", "model", "rating", "95% interval", "battles", "win rate", *(("style",) if style else ()))
     rows = [(str(r["rank"]), str(r["model"]), f"{r['rating']:.1f}", f"{r['ci_low']:.1f} – {r['ci_high']:.1f}",
              f"{int(r['battles']):,}", f"{r['win_rate']:.3f}", *((str(r["style_rank"]),) if style else ()))
             for _, r in table.head(TOP_SHOWN).iterrows()]
@@ -84,6 +84,8 @@ def _top_table(run_dir: Path, metrics: dict) -> Table:
             out.add_column(col, justify="right", no_wrap=True, min_width=width)
     for row in rows:
         out.add_row(*row)
-    if len(table) > TOP_SHOWN:
-        out.caption = f"top {TOP_SHOWN} of {len(table)}; all in leaderboard.csv"
+    notes = [f"top {TOP_SHOWN} of {len(table)}; all in leaderboard.csv"] if len(table) > TOP_SHOWN else []
+    if style:
+        notes.append("style: rank under style control")
+    out.caption = "; ".join(notes) or None
     return out
