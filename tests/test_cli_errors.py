@@ -351,3 +351,13 @@ def test_any_user_error_line_is_terminal_safe(tmp_path):
     res = runner.invoke(app, ["data", "validate", bad])
     line = _one_line_error(res, "file not found")
     assert "\x1b" not in line and line.isprintable()
+
+
+def test_help_lists_commands_in_workflow_order():
+    """``prefpred --help`` reads as the path a new user takes: data checks first, then split, run, predict, ..."""
+    res = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    listed = [ln.split()[1] for ln in res.output.splitlines()  # a command's first line: its name in column 2
+              if ln.startswith("│ ") and ln[2] not in " -"]
+    assert listed[:5] == ["data", "split", "run", "predict", "evaluate"], listed
+    assert listed.index("train") < listed.index("experiment") < listed.index("synth") < listed.index("bench"), listed
