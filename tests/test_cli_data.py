@@ -118,6 +118,9 @@ def test_stats_say_both_bad_and_no_text(tmp_path):
     out = runner.invoke(app, ["data", "stats", str(path)])
     assert out.exit_code == 0, out.output
     assert "2 'both_bad' votes counted as ties" in out.stdout and "no prompt/response text" in out.stdout
+    assert "Labels" in out.stdout
+    # no text: no table of zero lengths, no 'every pair identical' duplicate counts
+    assert "Length" not in out.stdout and "identical pairs" not in out.stdout and "single-turn" not in out.stdout
     js = json.loads(runner.invoke(app, ["data", "stats", str(path), "--json"]).stdout)
     assert js["notes"] == {NOTE_BOTH_BAD: 2} and js["has_text"] is False
 
