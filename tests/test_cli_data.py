@@ -113,6 +113,21 @@ def test_votes_without_text_fail_validate_and_training(tmp_path):
     assert "no prompt/response text" in line
 
 
+def test_votes_without_text_are_refused_by_every_text_command(tmp_path):
+    """Only files with text can be split by prompt or scored by a text model (predict, judge, synth share
+    load_pairs); predictions made elsewhere are still scored against the votes' labels by id."""
+    path = _votes_csv(tmp_path)
+    with pytest.raises(DataError, match="no prompt/response text"):
+        load_pairs(path)
+    assert len(load_pairs(path, require_text=False)) == 6
+    line = _error_line(runner.invoke(app, ["split", "--data", str(path), "--out", str(tmp_path / "s.csv")]))
+    assert "no prompt/response text" in line and not (tmp_path / "s.csv").exists()
+    pred = tmp_path / "pred.csv"
+    pred.write_text("id,p_a,p_b,p_tie\n" + "".join(f"v{i},0.4,0.4,0.2\n" for i in range(6)))
+    out = runner.invoke(app, ["evaluate", "--pred", str(pred), "--data", str(path)])
+    assert out.exit_code == 0, out.output
+
+
 def test_stats_say_both_bad_and_no_text(tmp_path):
     path = _votes_csv(tmp_path)
     out = runner.invoke(app, ["data", "stats", str(path)])

@@ -171,9 +171,13 @@ def _check_unique(pairs: Sequence[Pair], path: str) -> None:
 
 
 def load_pairs(path: str | Path, *, format: str = "auto", limit: int | None = None, skip_invalid: bool = False,
-               seed: int = 0) -> list[Pair]:
-    """Read and validate pairs; see :func:`read_pairs`."""
-    return read_pairs(path, format=format, limit=limit, skip_invalid=skip_invalid, seed=seed).pairs
+               seed: int = 0, require_text: bool = True) -> list[Pair]:
+    """Read and validate pairs (see :func:`read_pairs`) for a text model: a file without any prompt/response text
+    (votes only) is refused in one line unless ``require_text`` is off (scoring predictions by id only)."""
+    res = read_pairs(path, format=format, limit=limit, skip_invalid=skip_invalid, seed=seed)
+    if require_text and res.pairs and not has_text(res.pairs):
+        raise DataError(no_text_message(res), path=res.path)
+    return res.pairs
 
 
 def load_hub_dataset(name: str, *, split: str = "train", limit: int | None = None,

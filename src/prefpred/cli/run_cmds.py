@@ -202,7 +202,7 @@ def _evaluate_one(pred: Path | None, data: str | None, run: Path | None, *, raw:
     data = data or run_data_path(pred)
     if data is None:
         raise UserError("--data is needed (the prediction file is not inside a run directory that names its data)")
-    pairs = load_pairs(data, skip_invalid=skip_invalid)
+    pairs = load_pairs(data, skip_invalid=skip_invalid, require_text=run is not None)  # --pred: ids and labels
     swapped = None
     if pred is not None:
         m = match_predictions(pred, pairs)
