@@ -133,7 +133,9 @@ def test_evaluate_plots_are_not_overwritten_without_force(files, run_dir):
     d, train, _ = files
     plots = d / "plots-kept"
     args = ["evaluate", "--pred", str(run_dir / "holdout.csv"), "--data", str(train), "--plots", str(plots)]
-    _ok(runner.invoke(app, args))
+    result = runner.invoke(app, args)
+    _ok(result)
+    assert str(run_dir / "holdout.csv") in result.stdout.splitlines()  # what was scored, on a line of its own
     before = (plots / "reliability.png").read_bytes()
     (plots / "reliability.png").write_bytes(b"mine")
     result = runner.invoke(app, args)

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from prefpred.cli.app import app
@@ -218,7 +219,8 @@ def _evaluate_one(pred: Path | None, data: str | None, run: Path | None, *, raw:
             swapped = predictor.predict_proba([p.swapped() for p in m.pairs])
         title = f"{run} on {data}"
     metrics = score(m.pairs, m.proba, swapped=swapped, coverage=m.coverage, on=title)
-    table = Table(title=title)
+    console.print(escape(title), style="bold", soft_wrap=True)  # a path on one line, not wrapped over a narrow table
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("n", "log_loss", "accuracy", "brier", "ece"):
