@@ -124,7 +124,7 @@ def test_real_full_and_read_only_disk(files, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["binary-metrics", "no-kind", "no-marker", "bad-booster"])
-def test_damaged_run_folders_are_one_line(files, tmp_path, damage):
+def test_damaged_run_folders_are_one_line(files, tmp_path, damage, capfd):
     import shutil
 
     from prefpred.models.cpu import BOOSTER_FILE
@@ -144,6 +144,8 @@ def test_damaged_run_folders_are_one_line(files, tmp_path, damage):
                               str(tmp_path / "sub.csv")])
     _one_line_error(res, str(run))
     assert "\\x" not in res.output and "\x00" not in res.output
+    assert "[LightGBM]" not in capfd.readouterr().err  # LightGBM writes to the real stderr, not through Python
+    assert "[LightGBM]" not in res.output  # the native library's own message is not printed beside it
 
 
 def test_damaged_llm_weights_are_one_line(tiny_qwen_dir, files, tmp_path):
