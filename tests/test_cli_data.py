@@ -239,3 +239,27 @@ def test_validate_few_problems_lists_them_all(tmp_path):
     out = runner.invoke(app, ["data", "validate", str(_many_bad(tmp_path, 3))])
     _error_line(out)
     assert len([ln for ln in out.stdout.splitlines() if ", row " in ln]) == 3 and "more" not in out.stdout
+
+
+def test_run_without_data_offline_fails_at_once_in_one_line(tmp_path, monkeypatch, caplog):
+    """No --data and no network: the hub default is looked up in the local cache only, no retry warnings."""
+    pytest.importorskip("datasets")
+    import socket
+
+    def no_network(*_args, **_kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")  # empty caches
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    # the test session runs with HF_HUB_OFFLINE=1 (conftest); a user's shell does not
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    res = runner.invoke(app, ["run", "--out", str(tmp_path / "runs"), "--name", "x"])
+    line = _error_line(res)
+    assert "could not load the hub dataset" in line and "--data" in line
+    said = res.output + caplog.text  # the Hub client's retry warnings go through logging
+    assert "Retrying" not in said and "thrown while requesting" not in said, said
