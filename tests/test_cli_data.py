@@ -113,11 +113,29 @@ def test_votes_without_text_fail_validate_and_training(tmp_path):
     assert "no prompt/response text" in line
 
 
+def test_votes_without_text_are_refused_by_every_text_command(tmp_path):
+    """Only files with text can be split by prompt or scored by a text model (predict, judge, synth share
+    load_pairs); predictions made elsewhere are still scored against the votes' labels by id."""
+    path = _votes_csv(tmp_path)
+    with pytest.raises(DataError, match="no prompt/response text"):
+        load_pairs(path)
+    assert len(load_pairs(path, require_text=False)) == 6
+    line = _error_line(runner.invoke(app, ["split", "--data", str(path), "--out", str(tmp_path / "s.csv")]))
+    assert "no prompt/response text" in line and not (tmp_path / "s.csv").exists()
+    pred = tmp_path / "pred.csv"
+    pred.write_text("id,p_a,p_b,p_tie\n" + "".join(f"v{i},0.4,0.4,0.2\n" for i in range(6)))
+    out = runner.invoke(app, ["evaluate", "--pred", str(pred), "--data", str(path)])
+    assert out.exit_code == 0, out.output
+
+
 def test_stats_say_both_bad_and_no_text(tmp_path):
     path = _votes_csv(tmp_path)
     out = runner.invoke(app, ["data", "stats", str(path)])
     assert out.exit_code == 0, out.output
     assert "2 'both_bad' votes counted as ties" in out.stdout and "no prompt/response text" in out.stdout
+    assert "Labels" in out.stdout
+    # no text: no table of zero lengths, no 'every pair identical' duplicate counts
+    assert "Length" not in out.stdout and "identical pairs" not in out.stdout and "single-turn" not in out.stdout
     js = json.loads(runner.invoke(app, ["data", "stats", str(path), "--json"]).stdout)
     assert js["notes"] == {NOTE_BOTH_BAD: 2} and js["has_text"] is False
 
@@ -221,3 +239,27 @@ def test_validate_few_problems_lists_them_all(tmp_path):
     out = runner.invoke(app, ["data", "validate", str(_many_bad(tmp_path, 3))])
     _error_line(out)
     assert len([ln for ln in out.stdout.splitlines() if ", row " in ln]) == 3 and "more" not in out.stdout
+
+
+def test_run_without_data_offline_fails_at_once_in_one_line(tmp_path, monkeypatch, caplog):
+    """No --data and no network: the hub default is looked up in the local cache only, no retry warnings."""
+    pytest.importorskip("datasets")
+    import socket
+
+    def no_network(*_args, **_kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-datasets")  # empty caches
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    # the test session runs with HF_HUB_OFFLINE=1 (conftest); a user's shell does not
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    res = runner.invoke(app, ["run", "--out", str(tmp_path / "runs"), "--name", "x"])
+    line = _error_line(res)
+    assert "could not load the hub dataset" in line and "--data" in line
+    said = res.output + caplog.text  # the Hub client's retry warnings go through logging
+    assert "Retrying" not in said and "thrown while requesting" not in said, said

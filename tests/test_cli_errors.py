@@ -124,7 +124,7 @@ def test_real_full_and_read_only_disk(files, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["binary-metrics", "no-kind", "no-marker", "bad-booster"])
-def test_damaged_run_folders_are_one_line(files, tmp_path, damage):
+def test_damaged_run_folders_are_one_line(files, tmp_path, damage, capfd):
     import shutil
 
     from prefpred.models.cpu import BOOSTER_FILE
@@ -144,6 +144,8 @@ def test_damaged_run_folders_are_one_line(files, tmp_path, damage):
                               str(tmp_path / "sub.csv")])
     _one_line_error(res, str(run))
     assert "\\x" not in res.output and "\x00" not in res.output
+    assert "[LightGBM]" not in capfd.readouterr().err  # LightGBM writes to the real stderr, not through Python
+    assert "[LightGBM]" not in res.output  # the native library's own message is not printed beside it
 
 
 def test_damaged_llm_weights_are_one_line(tiny_qwen_dir, files, tmp_path):
@@ -351,3 +353,13 @@ def test_any_user_error_line_is_terminal_safe(tmp_path):
     res = runner.invoke(app, ["data", "validate", bad])
     line = _one_line_error(res, "file not found")
     assert "\x1b" not in line and line.isprintable()
+
+
+def test_help_lists_commands_in_workflow_order():
+    """``prefpred --help`` reads as the path a new user takes: data checks first, then split, run, predict, ..."""
+    res = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    listed = [ln.split()[1] for ln in res.output.splitlines()  # a command's first line: its name in column 2
+              if ln.startswith("│ ") and ln[2] not in " -"]
+    assert listed[:5] == ["data", "split", "run", "predict", "evaluate"], listed
+    assert listed.index("train") < listed.index("experiment") < listed.index("synth") < listed.index("bench"), listed

@@ -128,6 +128,24 @@ def test_evaluate_holdout_predictions(files, run_dir):
     assert (plots / "reliability.png").stat().st_size > 1000 and (plots / "confusion.png").exists()
 
 
+def test_evaluate_plots_are_not_overwritten_without_force(files, run_dir):
+    """``--plots`` pointed at a folder that has them (e.g. the run directory itself) refuses, before scoring."""
+    d, train, _ = files
+    plots = d / "plots-kept"
+    args = ["evaluate", "--pred", str(run_dir / "holdout.csv"), "--data", str(train), "--plots", str(plots)]
+    result = runner.invoke(app, args)
+    _ok(result)
+    assert str(run_dir / "holdout.csv") in result.stdout.splitlines()  # what was scored, on a line of its own
+    before = (plots / "reliability.png").read_bytes()
+    (plots / "reliability.png").write_bytes(b"mine")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "reliability.png exists" in result.stderr and "--force" in result.stderr
+    assert (plots / "reliability.png").read_bytes() == b"mine"
+    _ok(runner.invoke(app, [*args, "--force"]))
+    assert (plots / "reliability.png").read_bytes()[:4] == before[:4]  # a PNG again
+
+
 def test_split_command(files):
     d, train, _ = files
     out = d / "splits.csv"

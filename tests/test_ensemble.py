@@ -185,6 +185,15 @@ def test_mismatched_ids_are_refused_in_one_line(members, tmp_path):
     assert "do not line up" in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def test_existing_ensemble_is_refused_before_any_work(tmp_path):
+    """The name is checked first: members are not even read (blending takes a while on real runs)."""
+    (tmp_path / "runs" / "ens").mkdir(parents=True)
+    (tmp_path / "runs" / "ens" / "weights.json").write_text("{}")
+    result = runner.invoke(app, ["ensemble", str(tmp_path / "no-a"), str(tmp_path / "no-b"),
+                                 "--out", str(tmp_path / "runs"), "--name", "ens"])
+    assert result.exit_code == 2 and "exists (use --force" in result.output, result.output
+
+
 def test_one_member_is_refused(members, tmp_path):
     result = runner.invoke(app, ["ensemble", str(members[2]), "--out", str(tmp_path / "runs")])
     assert result.exit_code == 2 and "at least two" in result.output

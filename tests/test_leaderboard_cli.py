@@ -203,3 +203,20 @@ def test_help_and_yaml_config(tmp_path):
     assert metrics["style"] is None  # no text, no style columns
     yml.write_text("rounds: 4\nbogus: 1\n")
     _one_line_error(_lb(tmp_path, "--battles", str(votes), "--config", str(yml)), "bogus")
+
+
+def test_terminal_table_keeps_numbers_whole_at_80_columns(tmp_path):
+    """Long model names are cut, never the ratings, intervals or counts (a pipe or small terminal: 80 columns)."""
+    votes = _votes(tmp_path / "votes.csv", n=600)  # style columns: one more column to fit
+    table = pd.read_csv(votes)
+    long = {n: f"{n}-model-with-a-very-long-release-name-2025-06-01" for n in STRENGTHS}
+    table["model_a"], table["model_b"] = table["model_a"].map(long), table["model_b"].map(long)
+    table.to_csv(votes, index=False)
+    result = _lb(tmp_path, "--battles", str(votes), "--name", "w", "--rounds", "5", "--min-battles", "10")
+    _ok(result)
+    board = pd.read_csv(tmp_path / "runs" / "w" / "leaderboard.csv", keep_default_na=False)
+    for _, r in board.iterrows():
+        assert f"{r['rating']:.1f}" in result.stdout
+        assert f"{r['ci_low']:.1f} – {r['ci_high']:.1f}" in result.stdout
+        assert f"{r['model'][:12]}" in result.stdout  # enough of the name left to tell models apart
+    assert "win rate" in result.stdout

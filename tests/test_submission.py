@@ -92,3 +92,28 @@ def test_read_predictions_errors(tmp_path):
     leading = tmp_path / "zeros.csv"
     leading.write_text("id,p_a,p_b,p_tie\n007,0.2,0.3,0.5\n")
     assert read_predictions(leading)[0] == ["007"]
+
+
+@pytest.mark.parametrize(("body", "match"), [
+    ("", "no prediction rows"),  # header only
+    ("1,0.2,0.3,0.5\n2,0.1,0.2,0.7\n1,0.3,0.3,0.4\n", r"row 3.*duplicate id '1'.*row 1"),
+    ("1,0.2,0.3,0.5\n2,1.5,-0.7,0.2\n", r"row 2.*'p_a'.*not a probability"),
+    ("1,0.2,0.3,0.5\n2,inf,0.3,0.2\n", r"row 2.*'p_a'.*not a probability"),
+    ("1,0.2,0.3,0.5\n2,0.5,0.5,0.5\n", r"row 2.*sum to 1.5"),
+    ("1,0,0,0\n", r"row 1.*sum to 0"),
+])
+def test_read_predictions_refuses_what_cannot_be_scored(tmp_path, body, match):
+    path = tmp_path / "pred.csv"
+    path.write_text("id,p_a,p_b,p_tie\n" + body)
+    with pytest.raises(DataError, match=match):
+        read_predictions(path)
+
+
+def test_read_predictions_renormalises_rounded_rows(tmp_path):
+    """Rows rounded to a few decimals (sums a little off 1) are accepted and scaled to sum to 1 exactly."""
+    path = tmp_path / "pred.csv"
+    path.write_text("id,winner_model_a,winner_model_b,winner_tie\n1,0.333,0.333,0.333\n2,0.2,0.3,0.501\n")
+    ids, proba = read_predictions(path)
+    assert ids == ["1", "2"]
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_allclose(proba[1], np.array([0.2, 0.3, 0.501]) / 1.001)

@@ -34,10 +34,14 @@ module detects formats and is the API (``read_pairs``, ``load_pairs``, ``load_da
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 from prefpred.config import DataConfig
 from prefpred.data_io import (  # noqa: F401  (re-exported)
@@ -171,18 +175,50 @@ def _check_unique(pairs: Sequence[Pair], path: str) -> None:
 
 
 def load_pairs(path: str | Path, *, format: str = "auto", limit: int | None = None, skip_invalid: bool = False,
-               seed: int = 0) -> list[Pair]:
-    """Read and validate pairs; see :func:`read_pairs`."""
-    return read_pairs(path, format=format, limit=limit, skip_invalid=skip_invalid, seed=seed).pairs
+               seed: int = 0, require_text: bool = True) -> list[Pair]:
+    """Read and validate pairs (see :func:`read_pairs`) for a text model: a file without any prompt/response text
+    (votes only) is refused in one line unless ``require_text`` is off (scoring predictions by id only)."""
+    res = read_pairs(path, format=format, limit=limit, skip_invalid=skip_invalid, seed=seed)
+    if require_text and res.pairs and not has_text(res.pairs):
+        raise DataError(no_text_message(res), path=res.path)
+    return res.pairs
+
+
+def _hub_resolves() -> bool:
+    """Whether the Hub's host name resolves at all (no network: answered at once, unlike a download's retries)."""
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable() -> Iterator[None]:
+    """Offline mode (local cache only) while the Hub cannot be reached: without it an offline ``run`` spent 25 s
+    in retries, printing a warning for each, before failing."""
+    import datasets.config
+    import huggingface_hub.constants as hub
+
+    saved = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
+    if not _hub_resolves():
+        logger.info("the Hugging Face Hub cannot be reached: looking in the local cache only")
+        datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
 
 
 def load_hub_dataset(name: str, *, split: str = "train", limit: int | None = None,
                      skip_invalid: bool = False) -> LoadResult:
-    """Load an Arena-format dataset from the Hugging Face Hub (needs network access)."""
+    """Load an Arena-format dataset from the Hugging Face Hub (needs network access, else its local cache)."""
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, split=split)
+        with _hub_offline_unless_reachable():
+            ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # offline: ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
         raise UserError(f"could not load the hub dataset {show(name)} ({type(e).__name__}); "
                         "pass --data PATH to a local file (e.g. Kaggle train.csv)") from None

@@ -3,7 +3,8 @@
 * :func:`write_submission` writes ``id,winner_model_a,winner_model_b,winner_tie`` with ids in input order and
   probabilities at 6 decimals whose rows sum to exactly 1;
 * :func:`write_predictions` writes ``id,p_a,p_b,p_tie[,label]`` at full precision;
-* :func:`read_predictions` reads either format back as ``(ids, proba)``.
+* :func:`read_predictions` reads either format back as ``(ids, proba)``: unique ids, probabilities in 0..1
+  whose rows sum to 1 within :data:`SUM_TOLERANCE` (rescaled to exactly 1), else a one-line DataError.
 
 All files are written atomically (temporary file, then rename), so an interrupted write never leaves half a
 file, and an existing file is kept unless ``force=True``.
@@ -26,6 +27,8 @@ SUBMISSION_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
 PREDICTION_COLUMNS = ("p_a", "p_b", "p_tie")
 DECIMALS = 6
 _UNIT = 10**DECIMALS
+SUM_TOLERANCE = 0.01
+"""How far a read row's probabilities may sum from 1 (rounding) before it is refused; rows are rescaled."""
 
 
 def _check(ids: Sequence[Any], proba: Any) -> tuple[list[str], np.ndarray]:
@@ -122,15 +125,34 @@ def read_predictions(path: str | Path) -> tuple[list[str], np.ndarray]:
                         f" found {','.join(map(str, df.columns))}", path=str(path))
     if "id" not in df.columns:
         raise DataError("missing column", path=str(path), column="id")
+    if df.empty:
+        raise DataError("no prediction rows (only a header)", path=str(path))
     for c in cols:
         vals = pd.to_numeric(df[c], errors="coerce")
         if vals.isna().any():
             row = int(np.flatnonzero(vals.isna().to_numpy())[0]) + 1
             raise DataError("not a number", path=str(path), row=row, column=c)
+        bad = ~((vals >= 0) & (vals <= 1)).to_numpy()  # also inf
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0]) + 1
+            raise DataError(f"{df[c].iloc[row - 1]} is not a probability (0..1)", path=str(path), row=row, column=c)
         df[c] = vals
     if df["id"].isna().any():
         row = int(np.flatnonzero(df["id"].isna().to_numpy())[0]) + 1
         raise DataError("empty id", path=str(path), row=row, column="id")
     ids = df["id"].astype(str).tolist()
-    proba = df[list(cols)].to_numpy(dtype=np.float64)
-    return ids, proba
+    first_row: dict[str, int] = {}
+    for row, i in enumerate(ids, start=1):
+        if first_row.setdefault(i, row) != row:
+            raise DataError(f"duplicate id {i!r} (first in row {first_row[i]})", path=str(path), row=row, column="id")
+    return ids, _normalised(np.asarray(df[list(cols)].to_numpy(dtype=np.float64)), path)
+
+
+def _normalised(proba: np.ndarray, path: Path) -> np.ndarray:
+    """Rows scaled to sum to 1 (rounded files are a little off); a row off by more than ``SUM_TOLERANCE`` is refused."""
+    sums = proba.sum(axis=1)
+    off = np.flatnonzero(np.abs(sums - 1.0) > SUM_TOLERANCE)
+    if off.size:
+        row = int(off[0])
+        raise DataError(f"the 3 probabilities sum to {sums[row]:.6g}, not 1", path=str(path), row=row + 1)
+    return proba / sums[:, None]

@@ -46,7 +46,18 @@ def os_error_line(e: OSError) -> str:
     return f"{line} ({hint})" if hint else line
 
 
+WORKFLOW_ORDER = ("data", "split", "run", "predict", "evaluate", "ensemble", "leaderboard", "serve", "judge",
+                  "train", "experiment", "synth", "bench")
+"""How ``prefpred --help`` lists the commands: a new user's path (check the data, train, score, use), then the
+LLM commands and tools. Commands missing here follow in the order they were registered."""
+
+
 class _PrefpredGroup(TyperGroup):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        rank = {name: i for i, name in enumerate(WORKFLOW_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
         try:
             return super().invoke(ctx)

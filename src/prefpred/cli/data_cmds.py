@@ -96,6 +96,8 @@ def stats(
     for name, count in summary["labels"].items():
         labels.add_row(name, str(count), f"{count / n:.1%}")
     console.print(labels)
+    if not summary["has_text"]:  # turns, lengths and duplicates describe texts: all empty here
+        return
     t = summary["turns"]
     console.print(f"Turns: {t['single']} single-turn, {t['multi']} multi-turn (max {t['max']}); "
                   f"soft labels: {summary['soft_labels']}")

@@ -70,14 +70,22 @@ def _top_table(run_dir: Path, metrics: dict) -> Table:
 
     table = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False)
     out = Table(title=f"leaderboard {metrics['name']}: {metrics['n_battles']:,} battles, "
-                      f"{metrics['n_models']} models")
+                      f"{metrics['n_models']} models", show_edge=False)
     style = "style_rank" in table.columns
-    for col in ("rank", "model", "rating", "95% interval", "battles", "win rate", *(("style rank",) if style
-                                                                                      else ())):
-        out.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
-    for _, r in table.head(TOP_SHOWN).iterrows():
-        out.add_row(str(r["rank"]), str(r["model"]), f"{r['rating']:.1f}", f"{r['ci_low']:.1f} – {r['ci_high']:.1f}",
-                    f"{int(r['battles']):,}", f"{r['win_rate']:.3f}", *((str(r["style_rank"]),) if style else ()))
-    if len(table) > TOP_SHOWN:
-        out.caption = f"top {TOP_SHOWN} of {len(table)}; all in leaderboard.csv"
+    header = ("rank", "model", "rating", "95% interval", "battles", "win rate", *(("style",) if style else ()))
+    rows = [(str(r["rank"]), str(r["model"]), f"{r['rating']:.1f}", f"{r['ci_low']:.1f} – {r['ci_high']:.1f}",
+             f"{int(r['battles']):,}", f"{r['win_rate']:.3f}", *((str(r["style_rank"]),) if style else ()))
+            for _, r in table.head(TOP_SHOWN).iterrows()]
+    for i, col in enumerate(header):
+        if col == "model":  # the one column that gives way on a narrow terminal (cut with an ellipsis)
+            out.add_column(col, justify="left", overflow="ellipsis")
+        else:  # numbers are never cut: their column is as wide as its widest cell
+            width = max([len(col), *(len(row[i]) for row in rows)])
+            out.add_column(col, justify="right", no_wrap=True, min_width=width)
+    for row in rows:
+        out.add_row(*row)
+    notes = [f"top {TOP_SHOWN} of {len(table)}; all in leaderboard.csv"] if len(table) > TOP_SHOWN else []
+    if style:
+        notes.append("style: rank under style control")
+    out.caption = "; ".join(notes) or None
     return out

@@ -8,12 +8,15 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from prefpred.cli.app import app
 from prefpred.report.fmt import fmt
 
 console = Console()
+EVAL_PLOTS = ("reliability.png", "confusion.png", "errors_by_segment.png")
+SUITE_PLOT = "suite.png"
 
 
 
@@ -153,7 +156,7 @@ def evaluate_cmd(
     raw: bool = typer.Option(False, "--raw", help="With --run: skip the run's calibration."),
     swap: bool = typer.Option(True, "--swap/--no-swap", help="With --run: also score the A/B-swapped pairs "
                                                              "(swap consistency; twice the work)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file or plots."),
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Drop invalid rows instead of failing."),
 ) -> None:
     """Score predictions against labelled pairs: log loss, accuracy, Brier, ECE and a per-segment table (turns,
@@ -168,6 +171,10 @@ def evaluate_cmd(
 
     if out is not None and out.exists() and not force:
         raise FileExistsError(f"{out} exists (use --force to overwrite)")
+    if plots is not None and not force:  # checked before any work (--plots may name a run directory)
+        for name in (SUITE_PLOT,) if suite else EVAL_PLOTS:
+            if (plots / name).exists():
+                raise FileExistsError(f"{plots / name} exists (use --force to overwrite)")
     if suite:
         if run is None or pred is not None or data is not None:
             raise UserError("--suite needs --run (and no --pred or --data)")
@@ -196,7 +203,7 @@ def _evaluate_one(pred: Path | None, data: str | None, run: Path | None, *, raw:
     data = data or run_data_path(pred)
     if data is None:
         raise UserError("--data is needed (the prediction file is not inside a run directory that names its data)")
-    pairs = load_pairs(data, skip_invalid=skip_invalid)
+    pairs = load_pairs(data, skip_invalid=skip_invalid, require_text=run is not None)  # --pred: ids and labels
     swapped = None
     if pred is not None:
         m = match_predictions(pred, pairs)
@@ -212,7 +219,8 @@ def _evaluate_one(pred: Path | None, data: str | None, run: Path | None, *, raw:
             swapped = predictor.predict_proba([p.swapped() for p in m.pairs])
         title = f"{run} on {data}"
     metrics = score(m.pairs, m.proba, swapped=swapped, coverage=m.coverage, on=title)
-    table = Table(title=title)
+    console.print(escape(title), style="bold", soft_wrap=True)  # a path on one line, not wrapped over a narrow table
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("n", "log_loss", "accuracy", "brier", "ece"):
@@ -226,10 +234,10 @@ def _evaluate_one(pred: Path | None, data: str | None, run: Path | None, *, raw:
         from prefpred.plots import plot_confusion, plot_reliability, plot_segment_log_loss
 
         plots.mkdir(parents=True, exist_ok=True)
-        plot_reliability(m.y, {Path(title).stem if pred is not None else "predictions": m.proba},
-                         plots / "reliability.png")
-        plot_confusion(m.y, m.proba, plots / "confusion.png")
-        plot_segment_log_loss(metrics["segments"], plots / "errors_by_segment.png")
+        reliability, confusion, segments = (plots / name for name in EVAL_PLOTS)
+        plot_reliability(m.y, {Path(title).stem if pred is not None else "predictions": m.proba}, reliability)
+        plot_confusion(m.y, m.proba, confusion)
+        plot_segment_log_loss(metrics["segments"], segments)
         console.print(f"plots -> {plots}")
     return metrics
 
@@ -266,6 +274,6 @@ def _evaluate_suite(run: Path, specs: list[str], *, raw: bool, swap: bool, plots
         from prefpred.plots import plot_suite
 
         plots.mkdir(parents=True, exist_ok=True)
-        plot_suite(rows, plots / "suite.png", title=f"{run.name}: agreement with human labels")
-        console.print(f"plot -> {plots / 'suite.png'}")
+        plot_suite(rows, plots / SUITE_PLOT, title=f"{run.name}: agreement with human labels")
+        console.print(f"plot -> {plots / SUITE_PLOT}")
     return {"run": str(run), "suite": rows, "notes": notes}

@@ -38,7 +38,7 @@ from prefpred.ensemble.blend import PAIR_FEATURES, Candidate, pair_features
 from prefpred.ensemble.members import Member, holdout_arrays, load_members
 from prefpred.ensemble.select import cross_validate, nested_oof
 from prefpred.metrics import compute_metrics, label_targets, log_loss
-from prefpred.runs import new_run_dir, write_metrics
+from prefpred.runs import check_run_target, new_run_dir, write_metrics
 from prefpred.submission import write_predictions
 from prefpred.types import Pair, UserError
 from prefpred.utils import atomic_write_text, json_safe
@@ -115,9 +115,10 @@ def _rel(target: Path, start: Path) -> str:
 def build_ensemble(cfg: EnsembleConfig) -> Path:
     """Blend the member runs of ``cfg`` into a new run directory; returns its path."""
     t0 = time.perf_counter()
-    members = load_members(cfg.members)
     name = cfg.name or f"ensemble-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     out_dir = Path(cfg.out_dir)
+    check_run_target(out_dir / name, force=cfg.overwrite)  # refuse before the work, not after it
+    members = load_members(cfg.members)
     ref = members[0]
     y = label_targets(ref.labels)
     P = np.stack([m.proba for m in members])

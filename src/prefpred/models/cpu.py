@@ -37,6 +37,16 @@ from prefpred.utils import atomic_write_text
 logger = logging.getLogger(__name__)
 
 BOOSTER_FILE = "lightgbm.txt"
+_BOOSTER_HEAD = b"tree\n"  # how LightGBM's text model format starts
+
+
+def _load_booster(path: Path) -> lgb.Booster:
+    """Load a saved booster; a file that is not LightGBM's text format is refused here, since LightGBM itself
+    writes its own ``[LightGBM] [Fatal]`` line straight to the process's stderr before raising."""
+    with open(path, "rb") as f:
+        if f.read(len(_BOOSTER_HEAD)) != _BOOSTER_HEAD:
+            raise ValueError(f"{path.name} is not a LightGBM text model (it does not start with 'tree')")
+    return lgb.Booster(model_file=str(path))
 _ROWS_PER_THREAD = 20_000
 STATE_FILE = "cpu_model.json"
 
@@ -527,7 +537,7 @@ class CPUPreferenceModel(PreferenceModel):
         self.feature_names_ = list(state["feature_names"])
         self.antisymmetric_ = np.asarray(state["antisymmetric"], dtype=bool)
         est = self._estimator()
-        est.booster_ = lgb.Booster(model_file=str(directory / BOOSTER_FILE))
+        est.booster_ = _load_booster(directory / BOOSTER_FILE)
         est.classes_ = np.asarray(state["classes"])
         est.best_iteration_ = int(state["best_iteration"])
         est.n_features_in_ = len(self.feature_names_)
