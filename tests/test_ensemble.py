@@ -219,3 +219,20 @@ def test_validation_members_and_report_rerender(members, tmp_path):
     assert "# prefpred ensemble `val-ens`" in (ens / "report.md").read_text()
     mixed = runner.invoke(app, ["ensemble", str(a), str(copies[1]), "--out", str(tmp_path / "runs")])
     assert mixed.exit_code == 2 and "same kind of held-out predictions" in mixed.output
+
+
+def test_a_nested_ensemble_worse_than_its_best_member_falls_back_to_that_member():
+    from prefpred.ensemble.blend import CandidateSpec
+    from prefpred.ensemble.job import _never_worse_than_best_member
+
+    rng = np.random.default_rng(0)
+    y = np.eye(3)[rng.integers(0, 3, 300)]
+    good = 0.6 * y + 0.4 / 3  # informative member
+    noise = np.full_like(y, 1 / 3)
+    P = np.stack([noise, good])
+    spec = CandidateSpec("blend-prob")
+    kept, nested, why = _never_worse_than_best_member(spec, 0.5 * good + 0.5 * noise, P, y, ["noise", "good"])
+    assert kept.combiner == "best-member" and why["best_member"] == "good"
+    np.testing.assert_array_equal(nested, good)
+    kept, nested, why = _never_worse_than_best_member(spec, good * 0.9 + y * 0.1, P, y, ["noise", "good"])
+    assert kept is spec and why is None

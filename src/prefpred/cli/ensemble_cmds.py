@@ -45,7 +45,11 @@ def ensemble_cmd(
     table.add_row("ensemble (nested OOF)", "", fmt(metrics["cv"]["oof"]["log_loss"]),
                   fmt((hold.get("calibrated") or hold.get("raw") or {}).get("log_loss")), style="bold")
     console.print(table)
-    worse = [f["fold"] for f in metrics["cv"]["per_fold"] if not f["not_worse"]]
+    if metrics.get("fallback"):
+        fb = metrics["fallback"]
+        console.print(f"[yellow]the nested ensemble ({fb['instead_of']}, {fmt(fb['nested_log_loss'])}) was worse than "
+                      f"{fb['best_member']} alone ({fmt(fb['best_member_log_loss'])}): the run uses that member[/yellow]")
+    worse = [str(f["fold"]) for f in metrics["cv"]["per_fold"] if not f["not_worse"]]
     console.print(f"ensemble not worse than its best member in {len(metrics['cv']['per_fold']) - len(worse)} of "
-                  f"{len(metrics['cv']['per_fold'])} folds" + (f" (worse in {worse})" if worse else ""))
+                  f"{len(metrics['cv']['per_fold'])} folds" + (f" (worse in fold {', '.join(worse)})" if worse else ""))
     console.print(f"run directory: [bold]{run_dir}[/bold] (report: {run_dir / 'report.md'})")

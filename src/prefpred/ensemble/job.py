@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from prefpred.config import save_config
-from prefpred.ensemble.blend import PAIR_FEATURES, Candidate, pair_features
+from prefpred.ensemble.blend import PAIR_FEATURES, Candidate, CandidateSpec, pair_features
 from prefpred.ensemble.members import Member, holdout_arrays, load_members
 from prefpred.ensemble.select import cross_validate, nested_oof
 from prefpred.metrics import compute_metrics, label_targets, log_loss
@@ -105,6 +105,22 @@ def _per_fold(members: list[Member], y: np.ndarray, folds: np.ndarray, nested: n
     return rows
 
 
+def _never_worse_than_best_member(spec: CandidateSpec, nested: np.ndarray, P: np.ndarray, y: np.ndarray,
+                                  names: list[str]) -> tuple[CandidateSpec, np.ndarray, dict[str, Any] | None]:
+    """The chosen method, unless its nested out-of-fold log loss is worse than the best member's own: then the
+    best member alone (its out-of-fold predictions are as honest as the nested ones), and why."""
+    member_ll = [log_loss(y, p) for p in P]
+    best = int(np.argmin(member_ll))
+    ens_ll = log_loss(y, nested)
+    if ens_ll <= member_ll[best]:
+        return spec, nested, None
+    logger.warning("the nested ensemble (%s, log loss %.4f) is worse than its best member %s (%.4f): using %s alone",
+                   spec.name, ens_ll, names[best], member_ll[best], names[best])
+    return (CandidateSpec("best-member"), P[best].copy(),
+            {"instead_of": spec.name, "nested_log_loss": ens_ll, "best_member": names[best],
+             "best_member_log_loss": member_ll[best]})
+
+
 def _rel(target: Path, start: Path) -> str:
     try:
         return os.path.relpath(target, start)
@@ -131,6 +147,7 @@ def build_ensemble(cfg: EnsembleConfig) -> Path:
     cv = cross_validate(P, y, folds, X)
     spec = cv.best
     nested, chosen = nested_oof(P, y, folds, X)
+    spec, nested, fallback = _never_worse_than_best_member(spec, nested, P, y, [m.name for m in members])
     final = Candidate.fit(spec, P, y, X)
     per_fold = _per_fold(members, y, folds, nested)
     logger.info("chosen %s: cross-validated log loss %.4f; nested %.4f", spec.name, cv.log_loss[spec.name],
@@ -186,6 +203,7 @@ def build_ensemble(cfg: EnsembleConfig) -> Path:
                "nested_choices": chosen, "candidates": cv.log_loss, "source": ref.source},
         "holdout": holdout,
         "members": member_rows,
+        "fallback": fallback,
     }
     if pairs is not None:
         from prefpred.analysis import analyze

@@ -31,6 +31,11 @@ def render_ensemble_report(m: Mapping[str, Any], plots: Sequence[str] = ()) -> s
              f"Created {m.get('created', '?')} · method `{m.get('method')}` · {m.get('counts', {}).get('members')} "
              f"members · {cv.get('n_folds')} folds of {cv.get('oof', {}).get('n')} held-out rows "
              f"({cv.get('source')})", ""]
+    fb = m.get("fallback")
+    if fb:
+        lines += [f"**The nested ensemble (`{fb['instead_of']}`, log loss {fmt(fb['nested_log_loss'])}) was worse "
+                  f"than its best member `{fb['best_member']}` ({fmt(fb['best_member_log_loss'])}), so this run "
+                  "uses that member alone.**", ""]
     lines += ["## Members and weights", ""]
     rows = []
     for name, r in (m.get("members") or {}).items():
