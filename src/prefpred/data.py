@@ -634,14 +634,18 @@ def load_pairs(path: str | Path, *, format: str = "auto", limit: int | None = No
 
 def load_hub_dataset(name: str, *, split: str = "train", limit: int | None = None,
                      skip_invalid: bool = False) -> LoadResult:
-    """Load an Arena-format dataset from the Hugging Face Hub (needs network access)."""
+    """Load an Arena-format dataset from the Hugging Face Hub (needs network access, or the local cache)."""
+    from prefpred.sources import hub_offline
+
+    offline = hub_offline()  # an unreachable hub switches to offline mode: a cache miss fails at once
     try:
         import datasets
 
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # offline: ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
-        raise UserError(f"could not load the hub dataset {name!r} ({type(e).__name__}); "
-                        "pass --data PATH to a local file (e.g. Kaggle train.csv)") from None
+        why = "offline and not in the local cache" if offline else type(e).__name__
+        raise UserError(f"could not load the hub dataset {name!r} ({why}); pass --data PATH to a local file "
+                        "(e.g. Kaggle train.csv)") from None
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
     res = arena_records(iter(ds), ds.column_names, path=f"hub:{name}", skip_invalid=skip_invalid)
