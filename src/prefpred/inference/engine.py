@@ -136,7 +136,7 @@ class Scorer:
                 use_cache = self._use_prefix_cache(device)
                 stats.prefix_tokens = self._prefix_len if use_cache else 0
                 batches = Prefetcher(self._batches(pairs, k, stats, use_cache, device), size=cfg.prefetch)
-                for batch in self._progress(batches, len(pairs) * k):
+                for batch in self._progress(batches, len(pairs) * k, k):
                     probs[batch.index] = self._forward(batch, device, use_cache)
                     stats.batches += 1
                     stats.sequences += len(batch.index)
@@ -159,12 +159,10 @@ class Scorer:
         return out
 
     # ------------------------------------------------------------------ internals
-    def _progress(self, it, total: int):
+    def _progress(self, it, total: int, per_pair: int):
         if not self.config.progress:
             return it
-        from tqdm.auto import tqdm
-
-        return _SeqProgress(it, tqdm(total=total, unit="seq", desc="scoring", disable=None, leave=False))
+        return ProgressLog(it, total, per_pair=per_pair)
 
     def _use_prefix_cache(self, device) -> bool:
         if not (self.config.prefix_cache and self.head == "label-token" and len(self.encoder.prefix_ids) > 1):
@@ -270,19 +268,47 @@ class Scorer:
         return torch.softmax(label, dim=-1).cpu().numpy()
 
 
-class _SeqProgress:
-    """Advance a tqdm bar by the number of sequences of each batch."""
+class ProgressLog:
+    """Wrap an iterator of batches; log ``done/total pairs, pairs/s, ETA`` now and then (INFO).
 
-    def __init__(self, it, bar):
-        self.it, self.bar = it, bar
+    The first line comes after ``first`` seconds, then one every ``every`` seconds, and a last one at the end
+    when any was logged: a short job stays quiet, a long one (``judge`` on 200 pairs on a CPU) shows it is alive.
+    Log lines rather than a bar, so the progress is visible in CI logs and under ``nohup`` too.
+    """
+
+    def __init__(self, it, total: int, *, per_pair: int = 1, label: str = "scoring", first: float = 10.0,
+                 every: float = 30.0, count=None):
+        self.it, self.total, self.per_pair, self.label = it, total, max(1, per_pair), label
+        self.count = count or (lambda b: len(b.index))  # sequences in one item of ``it``
+        self.first, self.every = first, every
+        self.done = 0
+        self.start = time.perf_counter()
+        self.next_at = self.start + first
+        self.logged = False
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        pairs, total = self.done / self.per_pair, self.total / self.per_pair
+        rate = pairs / elapsed if elapsed > 0 else 0.0
+        eta = (total - pairs) / rate if rate > 0 else float("inf")
+        eta_s = "?" if eta == float("inf") else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+        return (f"{self.label}: {pairs:.0f}/{total:.0f} pairs ({100 * self.done / max(1, self.total):.0f}%), "
+                f"{rate:.2f} pairs/s, elapsed {elapsed:.0f}s, ETA {eta_s}")
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now >= self.next_at and self.done < self.total:
+            logger.info("%s", self.line())
+            self.logged = True
+            self.next_at = now + self.every
 
     def __iter__(self):
-        try:
-            for b in self.it:
-                yield b
-                self.bar.update(len(b.index))
-        finally:
-            self.bar.close()
+        for b in self.it:
+            yield b
+            self.update(self.count(b))
+        if self.logged:
+            logger.info("%s", self.line())
 
 
 def resolve_num_processes(n: int | str) -> int:

@@ -14,7 +14,6 @@ Two ways to turn the model's answer into probabilities:
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -219,10 +218,9 @@ def generate_answers(pairs: Sequence[Pair], model, tokenizer, style: PromptStyle
     padded tokens.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
-    from prefpred.inference.engine import model_device
+    from prefpred.inference.engine import ProgressLog, model_device
 
     chat = has_chat_template(tokenizer)
     texts = [style.render(p, tokenizer, max_tokens=max_length) for p in pairs]
@@ -243,7 +241,8 @@ def generate_answers(pairs: Sequence[Pair], model, tokenizer, style: PromptStyle
         batches.append([i])
     out: list[str] = [""] * len(ids)
     with torch.inference_mode():
-        for batch in tqdm(batches, desc="generating", disable=not sys.stderr.isatty()):
+        progress = ProgressLog(batches, len(ids), label="generating", count=len)
+        for batch in progress:
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
