@@ -1,4 +1,20 @@
-"""The in-process (transformers) scoring engine: :class:`Scorer` and :func:`score_pairs`."""
+"""The in-process (transformers) scoring engine: :class:`Scorer` and :func:`score_pairs`.
+
+What makes it fast on real weights (``prefpred bench inference`` measures it against a naive loop and the
+body-only roofline):
+
+* label-token heads ask the model for logits at the last position only (``logits_to_keep=1``): a naive
+  ``model(**inputs)`` computes the vocabulary projection at every position (+26% work on SmolLM2);
+* length-bucketed batches under a token budget keep padding to a few percent, and batched GEMMs beat
+  one-sequence forwards;
+* the style's shared prefix is encoded once and its keys/values reused (a fresh ``DynamicCache`` per batch,
+  passed through the current ``cache=`` argument) only in batches where the prefix is a real share of the work
+  (:data:`MIN_PREFIX_SHARE`), so the cache never makes scoring slower;
+* long jobs log ``pairs done, pairs/s, ETA`` lines (:class:`ProgressLog`).
+
+Limits: one process, one device; the prefix cache needs a model whose cache has per-layer ``keys``/``values``
+(transformers' own decoder models), else scoring runs without it.
+"""
 
 from __future__ import annotations
 
