@@ -26,9 +26,10 @@ During fine-tuning the evaluation (every ``training.eval_steps``) scores a fixed
 validation pairs in one order: cheap, and the best checkpoint is chosen on it (slightly optimistic numbers for the
 fine-tuned rows, said in the report).
 
-Cost model on 2 cores (fp32, SmolLM2, ~200 tokens per CPU-second forward, ~3x that per training token): each
-scoring pass of 200 validation pairs x 2 orders x ~300 tokens is ~10 CPU-minutes; each fine-tuning of 40 steps x 4
-x 320 tokens ~15 CPU-minutes. The whole study is ~70-80 CPU-minutes, 35-40 minutes of two idle cores.
+Cost model (fp32 SmolLM2 on this CPU: ~200-390 tokens per CPU-second forward, ~3x that per training token): each
+scoring pass of 140 validation pairs x 2 orders x ~250 tokens is ~5 CPU-minutes; each fine-tuning of 30 steps x 4
+x 256 tokens ~10 CPU-minutes plus its evaluations. The whole study is ~70-80 CPU-minutes (~40 minutes of two idle
+cores). Stages may run in parallel processes (``--only NAME --threads 1``): they share the output folder.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default=None, help="pairs file (default ../shared/data/arena/train.csv)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/study"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    ap.add_argument("--eval-pairs", type=int, default=32, help="validation pairs scored at each evaluation")
+    ap.add_argument("--eval-pairs", type=int, default=24, help="validation pairs scored at each evaluation")
     ap.add_argument("--only", default="", help="comma-separated stages to run (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fresh", action="store_true", help="forget finished stages")
