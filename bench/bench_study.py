@@ -50,12 +50,13 @@ logger = logging.getLogger("bench_study")
 ROWS = {
     "prior": "class prior (training label frequencies)",
     "base": "SmolLM2 zero-shot, label-token probabilities (swap-averaged)",
+    "base_1024": "SmolLM2 zero-shot, label-token probabilities, max_length 1024 (more context)",
     "base_generation": "SmolLM2 zero-shot, parsed digit (the study's way, one order)",
     "fine_tuned": "LoRA, label-token loss (the study's head)",
     "fine_tuned_classifier": "LoRA, 3-class classifier head",
     "cpu": "CPU model (features + LightGBM)",
 }
-SHORT = {"prior": "class prior", "base": "zero-shot (label probs)", "base_generation": "zero-shot (parsed digit)",
+SHORT = {"prior": "class prior", "base": "zero-shot (label probs)", "base_1024": "zero-shot, 1024 tokens", "base_generation": "zero-shot (parsed digit)",
          "fine_tuned": "LoRA label-token", "fine_tuned_classifier": "LoRA classifier", "cpu": "CPU model"}
 COMPARISONS = (("fine_tuned", "base"), ("fine_tuned_classifier", "base"), ("fine_tuned", "prior"),
                ("fine_tuned_classifier", "prior"), ("fine_tuned_classifier", "fine_tuned"), ("base", "prior"),
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     from prefpred.data import load_data
     from prefpred.experiment import ExperimentConfig, parse_set_options, validation_split
     from prefpred.metrics import prior_proba
+    from prefpred.training.job import aligned_inference
     from prefpred.training.modeling import model_path
     from prefpred.types import label_matrix
     from prefpred.utils import repo_shared_data, set_seed
@@ -294,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
         data = str(root / "arena" / "train.csv")
     overrides["data.path"] = data
     cfg = load_config(ExperimentConfig, args.config, overrides)
+    cfg = dataclasses.replace(cfg, inference=aligned_inference(cfg.model, cfg.inference))  # scored as trained
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out)
@@ -328,6 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     probas: dict[str, np.ndarray] = {"prior": prior_proba(label_matrix(train_pairs), len(val_pairs))}
     info: dict[str, dict[str, Any]] = {}
     res = None
+    for name in [k for k in ROWS if k not in todo and k != "prior"]:  # extra rows of earlier runs, if any
+        if stages.done(name):
+            probas[name], info[name] = stages.load(name)
     for name, fn in todo.items():
         if not stages.done(name) and not args.report_only and (not only or name in only):
             logger.info("stage %s ...", name)
