@@ -26,10 +26,11 @@ During fine-tuning the evaluation (every ``training.eval_steps``) scores a fixed
 validation pairs in one order: cheap, and the best checkpoint is chosen on it (slightly optimistic numbers for the
 fine-tuned rows, said in the report).
 
-Cost model (fp32 SmolLM2 on this CPU: ~200-390 tokens per CPU-second forward, ~3x that per training token): each
-scoring pass of 140 validation pairs x 2 orders x ~250 tokens is ~5 CPU-minutes; each fine-tuning of 30 steps x 4
-x 256 tokens ~10 CPU-minutes plus its evaluations. The whole study is ~70-80 CPU-minutes (~40 minutes of two idle
-cores). Stages may run in parallel processes (``--only NAME --threads 1``): they share the output folder.
+Measured cost with ``configs/experiment-smollm2.yaml`` (fp32 SmolLM2, ~330-390 tokens per CPU-second forward):
+zero-shot scoring of 140 validation pairs x 2 orders x ~250 tokens 280 CPU-s, parsed digit 180 CPU-s, each
+fine-tuning (30 steps x 4 x 256 tokens, 2 evaluations) plus its scoring ~570 CPU-s: ~1,600 CPU-s in all, 15-20
+minutes of two idle cores. Stages may run in parallel processes (``--only NAME --threads 1``) sharing ``--out``;
+give every process the same ``--set`` options (the split and the settings must match).
 """
 
 from __future__ import annotations
