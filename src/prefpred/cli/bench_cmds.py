@@ -42,7 +42,8 @@ def _load_model(model: str, head: str, *, device: str, dtype: str, seed: int):
 
 @bench_app.command("inference")
 def bench_inference(
-    model: str = typer.Option(..., "--model", help="Model directory or hub id ('minilm' = the offline MiniLM)."),
+    model: str = typer.Option(..., "--model", help="Hub id, model folder, .gguf file, or an alias: smollm2, minilm, "
+                              "tiny:qwen2."),
     data: Path = typer.Option(..., "--data", help="Pairs file (Kaggle/HF Arena CSV/parquet, prefpred JSONL, ...)."),
     limit: int | None = typer.Option(200, "--limit", min=0, help="Score the first N pairs (0 = all)."),
     style: str | None = typer.Option(None, "--style", help="Prompt style (default: criteria-10; "
@@ -59,15 +60,25 @@ def bench_inference(
     device: str = typer.Option("auto", "--device", help="Device (auto, cpu, cuda:0, ...)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16, float16."),
     seed: int = typer.Option(0, "--seed", help="Seed (initialisation of a fresh classification head)."),
+    reference: bool = typer.Option(True, "--reference/--no-reference",
+                                   help="Also time the naive loop (one sequence at a time, full logits) and the "
+                                        "body-only roofline (label-token heads)."),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0 = torch's default); 1 makes CPU time a "
+                                "clean measure of work on a shared machine."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the numbers to this JSON file."),
 ) -> None:
-    """Compare bucketed vs fixed batches, prefix cache vs none (and N processes) side by side in one run."""
+    """Compare prefpred's judge with a naive loop and the body-only roofline, bucketed vs fixed batches, prefix
+    cache vs none (and N processes) side by side in one run, on the same pairs."""
     from prefpred.data import load_pairs
     from prefpred.inference import InferenceConfig
     from prefpred.inference.bench import compare_paths, format_report
     from prefpred.prompts import get_style
     from prefpred.utils import atomic_write_text
 
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     if engine not in ("hf", "vllm"):
         raise ConfigError(f"unknown --engine {engine!r} (use hf or vllm)")
     if head is None:
@@ -87,7 +98,8 @@ def bench_inference(
         m, tok = make_llm(hf.resolve_model_path(model), cfg), None
     else:
         m, tok = _load_model(model, head, device=device, dtype=dtype, seed=seed)
-    result = compare_paths(pairs, m, tok, style_obj, head=head, config=cfg, processes=processes, repeats=repeats)
+    result = compare_paths(pairs, m, tok, style_obj, head=head, config=cfg, processes=processes, repeats=repeats,
+                           reference=reference)
     result.update(model=model, data=str(data), device=str(next(iter(result["paths"].values()))["device"]))
     typer.echo(format_report(result))
     if json_out is not None:

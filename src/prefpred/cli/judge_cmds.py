@@ -1,4 +1,8 @@
-"""prefpred CLI: ``prefpred judge``: zero-shot judging with any causal LM (hub id or local directory)."""
+"""prefpred CLI: ``prefpred judge``: zero-shot judging with any causal LM (hub id, folder, GGUF file, alias).
+
+The model name goes through :func:`prefpred.sources.resolve_model`; a name that cannot load (missing file, hub id
+while offline) is one line on stderr and exit code 2 before the model is loaded.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from prefpred.cli.app import app
 
 @app.command("judge")
 def judge(
-    model: str = typer.Option(..., "--model", "-m", help="Causal LM: Hugging Face hub id or local directory."),
+    model: str = typer.Option(..., "--model", "-m", help="Causal LM: hub id, local folder, .gguf file "
+                              "(or folder:file.gguf), or an alias: smollm2, tiny:qwen2."),
     data: Path = typer.Option(..., "--data", "-d", help="Pairs to judge (any format prefpred reads)."),
     style: str = typer.Option("seed-digits", "--style",
                               help="Prompt style: seed-digits (the study's prompt), criteria-10, classifier."),
@@ -51,13 +56,16 @@ def judge(
     pairs = load_pairs(data, format=data_format, limit=limit)
     if not pairs:
         raise UserError(f"{data}: no pairs to judge")
-    if base_url is not None:
+    if base_url is not None:  # a server-side model name: never resolved locally
         from prefpred.models.remote_judge import RemoteJudge
 
         judge_model = RemoteJudge(base_url=base_url, model=model, style=style, swap_average=not no_swap,
                                   parse_generation=parse_generation, max_new_tokens=max_new_tokens,
                                   api_key_env=api_key_env)
     else:
+        from prefpred.sources import resolve_model
+
+        resolve_model(model)  # fail fast (one line) on a model that cannot load; GGUF files are converted once
         judge_model = ZeroShotJudge(model=model, style=style, max_length=max_length, device=device, dtype=dtype,
                                     load_in_4bit=load_in_4bit, swap_average=not no_swap,
                                     parse_generation=parse_generation, max_new_tokens=max_new_tokens,

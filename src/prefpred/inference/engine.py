@@ -1,7 +1,23 @@
 """The in-process (transformers) scoring engine: :class:`Scorer`.
 
 A back-end: :func:`prefpred.inference.dispatch.score_pairs` picks it (or vLLM, or data-parallel workers);
-this module imports no other back-end."""
+this module imports no other back-end.
+
+What makes it fast on real weights (``prefpred bench inference`` measures it against a naive loop and the
+body-only roofline):
+
+* label-token heads ask the model for logits at the last position only (``logits_to_keep=1``): a naive
+  ``model(**inputs)`` computes the vocabulary projection at every position (+26% work on SmolLM2);
+* length-bucketed batches under a token budget keep padding to a few percent, and batched GEMMs beat
+  one-sequence forwards;
+* the style's shared prefix is encoded once and its keys/values reused (a fresh ``DynamicCache`` per batch,
+  passed through the current ``cache=`` argument) only in batches where the prefix is a real share of the work
+  (:data:`MIN_PREFIX_SHARE`), so the cache never makes scoring slower;
+* long jobs log ``pairs done, pairs/s, ETA`` lines (:class:`ProgressLog`).
+
+Limits: one process, one device; the prefix cache needs a model whose cache has per-layer ``keys``/``values``
+(transformers' own decoder models), else scoring runs without it.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +75,35 @@ def _accepts(fn, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+MIN_PREFIX_SHARE = 0.05
+"""A batch reuses the shared-prefix cache only when the prefix is at least this share of its mean length.
+
+The cache saves the prefix's share of the body's work (the projections and MLPs of ``prefix`` positions per
+row) and costs a copy of the prefix keys/values per layer and a wider attention mask. Measured on SmolLM2 with
+``seed-digits`` (51-token prefix) at 256 tokens it saved 10% of the CPU time; below a few percent the saving
+is within the noise and the copies can make it a loss, so the engine scores such batches without the cache.
+"""
+
+
+def cache_pays(prefix: int, seqs: Sequence[np.ndarray]) -> bool:
+    """Whether reusing ``prefix`` cached positions is worth it for a batch of ``seqs`` (see MIN_PREFIX_SHARE)."""
+    if prefix <= 0 or not seqs:
+        return False
+    mean = sum(len(x) for x in seqs) / len(seqs)
+    return prefix >= MIN_PREFIX_SHARE * mean
+
+
+def cache_kwarg(model) -> str:
+    """Name of the forward argument that takes a KV cache: ``cache`` (transformers >= 5.2x) or the older
+    ``past_key_values`` (deprecated there; still the name in older versions and some remote-code models)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
 class Scorer:
     """Scores pairs with one model; keeps the shared-prefix cache and the last call's throughput stats.
 
@@ -101,6 +146,7 @@ class Scorer:
         self._prefix_failed = False
         self._logits_kw = {"logits_to_keep": 1} if head == "label-token" and _accepts(model.forward,
                                                                                        "logits_to_keep") else {}
+        self._cache_kw = cache_kwarg(model)
 
     # ------------------------------------------------------------------ public
     def reset_cache(self) -> None:
@@ -132,7 +178,7 @@ class Scorer:
                 use_cache = self._use_prefix_cache(device)
                 stats.prefix_tokens = self._prefix_len if use_cache else 0
                 batches = Prefetcher(self._batches(pairs, k, stats, use_cache, device), size=cfg.prefetch)
-                for batch in self._progress(batches, len(pairs) * k):
+                for batch in self._progress(batches, len(pairs) * k, k):
                     probs[batch.index] = self._forward(batch, device, use_cache)
                     stats.batches += 1
                     stats.sequences += len(batch.index)
@@ -155,12 +201,10 @@ class Scorer:
         return out
 
     # ------------------------------------------------------------------ internals
-    def _progress(self, it, total: int):
+    def _progress(self, it, total: int, per_pair: int):
         if not self.config.progress:
             return it
-        from tqdm.auto import tqdm
-
-        return _SeqProgress(it, tqdm(total=total, unit="seq", desc="scoring", disable=None, leave=False))
+        return ProgressLog(it, total, per_pair=per_pair)
 
     def _use_prefix_cache(self, device) -> bool:
         if not (self.config.prefix_cache and self.head == "label-token" and len(self.encoder.prefix_ids) > 1):
@@ -177,7 +221,7 @@ class Scorer:
         try:
             out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
                              **self._logits_kw)
-            cache = out.past_key_values
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
             layers = getattr(cache, "layers", None)
             if layers is None or any(getattr(lay, "keys", None) is None for lay in layers):
                 raise TypeError(f"unsupported cache type {type(cache).__name__}")
@@ -188,11 +232,18 @@ class Scorer:
             self._prefix_kv, self._prefix_len, self._prefix_failed = None, 0, True
 
     def _cache_for(self, batch_size: int, cut: int):
+        """A fresh :class:`~transformers.DynamicCache` holding the first ``cut`` prefix positions per row.
+
+        Each forward appends to its cache, so every batch gets its own (the prefix tensors are expanded, not
+        copied, until the first append).
+        """
         from transformers import DynamicCache
 
-        data = [(k[:, :, :cut].expand(batch_size, -1, -1, -1), v[:, :, :cut].expand(batch_size, -1, -1, -1))
-                for k, v in self._prefix_kv]
-        return DynamicCache(data, config=getattr(self.model, "config", None))
+        cache = DynamicCache(config=getattr(self.model, "config", None))
+        for layer, (k, v) in enumerate(self._prefix_kv):
+            cache.update(k[:, :, :cut].expand(batch_size, -1, -1, -1),
+                         v[:, :, :cut].expand(batch_size, -1, -1, -1), layer)
+        return cache
 
     def _batches(self, pairs: list[Pair], k: int, stats: InferenceStats, use_cache: bool,
                  device) -> Iterator[Batch]:
@@ -233,6 +284,8 @@ class Scorer:
             prefix = 0
             if use_cache:  # keep >= 1 token per sequence outside the cache
                 prefix = min(self._prefix_len, min(len(s) for s in seqs) - 1)
+                if not cache_pays(prefix, seqs):
+                    prefix = 0
             yield collate(seqs, np.asarray(g) + offset, pad_id=self.pad_id, left=left, prefix_len=max(prefix, 0),
                           pin=pin)
 
@@ -248,7 +301,7 @@ class Scorer:
         kwargs = dict(self._logits_kw)
         prefix = mask.shape[1] - ids.shape[1]
         if use_cache and prefix > 0:
-            kwargs.update(past_key_values=self._cache_for(ids.shape[0], prefix), use_cache=True)
+            kwargs.update({self._cache_kw: self._cache_for(ids.shape[0], prefix), "use_cache": True})
         else:
             kwargs["use_cache"] = False
         try:
@@ -259,23 +312,51 @@ class Scorer:
             self._logits_kw = {}
             kwargs.pop("logits_to_keep", None)
             if use_cache and prefix > 0:
-                kwargs["past_key_values"] = self._cache_for(ids.shape[0], prefix)
+                kwargs[self._cache_kw] = self._cache_for(ids.shape[0], prefix)
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs).logits
         last = logits[:, -1, :].float()
         label = last[:, self.label_token_ids]
         return torch.softmax(label, dim=-1).cpu().numpy()
 
 
-class _SeqProgress:
-    """Advance a tqdm bar by the number of sequences of each batch."""
+class ProgressLog:
+    """Wrap an iterator of batches; log ``done/total pairs, pairs/s, ETA`` now and then (INFO).
 
-    def __init__(self, it, bar):
-        self.it, self.bar = it, bar
+    The first line comes after ``first`` seconds, then one every ``every`` seconds, and a last one at the end
+    when any was logged: a short job stays quiet, a long one (``judge`` on 200 pairs on a CPU) shows it is alive.
+    Log lines rather than a bar, so the progress is visible in CI logs and under ``nohup`` too.
+    """
+
+    def __init__(self, it, total: int, *, per_pair: int = 1, label: str = "scoring", first: float = 10.0,
+                 every: float = 30.0, count=None):
+        self.it, self.total, self.per_pair, self.label = it, total, max(1, per_pair), label
+        self.count = count or (lambda b: len(b.index))  # sequences in one item of ``it``
+        self.first, self.every = first, every
+        self.done = 0
+        self.start = time.perf_counter()
+        self.next_at = self.start + first
+        self.logged = False
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        pairs, total = self.done / self.per_pair, self.total / self.per_pair
+        rate = pairs / elapsed if elapsed > 0 else 0.0
+        eta = (total - pairs) / rate if rate > 0 else float("inf")
+        eta_s = "?" if eta == float("inf") else f"{int(eta // 60)}m{int(eta % 60):02d}s"
+        return (f"{self.label}: {pairs:.0f}/{total:.0f} pairs ({100 * self.done / max(1, self.total):.0f}%), "
+                f"{rate:.2f} pairs/s, elapsed {elapsed:.0f}s, ETA {eta_s}")
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now >= self.next_at and self.done < self.total:
+            logger.info("%s", self.line())
+            self.logged = True
+            self.next_at = now + self.every
 
     def __iter__(self):
-        try:
-            for b in self.it:
-                yield b
-                self.bar.update(len(b.index))
-        finally:
-            self.bar.close()
+        for b in self.it:
+            yield b
+            self.update(self.count(b))
+        if self.logged:
+            logger.info("%s", self.line())

@@ -90,7 +90,7 @@ class CPUModelConfig:
     embeddings: bool = False
     """Add sentence-embedding features (all-MiniLM-L6-v2; needs the ``embeddings`` extra)."""
     embedding_cache_dir: str | None = None
-    """Embedding cache folder; default ``$PREFPRED_CACHE_DIR/embeddings``, else
+    """Embedding cache folder; default ``$PREFPRED_CACHE/embeddings``, else
     ``~/.cache/prefpred/embeddings``."""
     embedding_dims: NonNegativeInt = 16
     """PCA components of ``emb_A - emb_B`` used as features."""

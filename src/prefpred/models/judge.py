@@ -14,7 +14,6 @@ Two ways to turn the model's answer into probabilities:
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -229,10 +228,9 @@ def generate_answers(pairs: Sequence[Pair], model, tokenizer, style: PromptStyle
     capped below it and ``max_new_tokens`` is clamped per batch to the room left (logged once).
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
-    from prefpred.inference.engine import model_device
+    from prefpred.inference.engine import ProgressLog, model_device
 
     chat = has_chat_template(tokenizer)
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -259,7 +257,8 @@ def generate_answers(pairs: Sequence[Pair], model, tokenizer, style: PromptStyle
     out: list[str] = [""] * len(ids)
     clamped = False
     with torch.inference_mode():
-        for batch in tqdm(batches, desc="generating", disable=not sys.stderr.isatty()):
+        progress = ProgressLog(batches, len(ids), label="generating", count=len)
+        for batch in progress:
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -234,7 +234,10 @@ class LLMPreferenceModel(PreferenceModel):
         obj = cls(mcfg, tcfg, seed=int(meta.get("seed", 0)), inference=inference)
         tokenizer = hf.load_tokenizer(str(directory))
         if meta.get("weights") == "adapter":
-            base = load_base(mcfg, tokenizer, hf.resolve_model_path(meta["base_model"]))
+            # the resolved folder where it still exists, else the name it came from (an alias, a GGUF file)
+            saved = meta["base_model"]
+            source = saved if Path(str(saved)).is_dir() or not mcfg.name_or_path else mcfg.name_or_path
+            base = load_base(mcfg, tokenizer, hf.resolve_model_path(source))
             net = load_adapter(base, directory)
         else:
             net = load_base(mcfg, tokenizer, str(directory), quantize=False)

@@ -23,15 +23,13 @@ logger = logging.getLogger(__name__)
 
 
 def model_path(cfg: LLMModelConfig) -> str:
-    """The base model to load (aliases such as ``minilm`` resolved; local paths made absolute)."""
-    from prefpred.hf import resolve_model_path
-    from prefpred.training.tiny import resolve_tiny
+    """The base model to load: :func:`prefpred.sources.resolve_model` of ``cfg.name_or_path`` (aliases, GGUF
+    files and offline hub ids resolved to local folders; local paths made absolute)."""
+    from prefpred.sources import resolve_model
 
     if not cfg.name_or_path:
         raise ConfigError("model.name_or_path is empty: give a hub id or a local model directory")
-    path = resolve_model_path(resolve_tiny(cfg.name_or_path))
-    p = Path(path).expanduser()
-    return str(p.resolve()) if p.exists() else path
+    return resolve_model(cfg.name_or_path)
 
 
 def load_tokenizer(cfg: LLMModelConfig, path: str | None = None):

@@ -13,15 +13,10 @@ not learn anything; real LMs have logits spanning tens of nats.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 TINY_PREFIX = "tiny:"
 ARCHS = ("qwen2", "llama")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PREFPRED_CACHE") or Path.home() / ".cache" / "prefpred")
 
 
 def write_tiny_model(directory: str | Path, arch: str = "qwen2", hidden: int = 32, layers: int = 2,
@@ -52,6 +47,8 @@ def resolve_tiny(name: str) -> str:
     if not name.startswith(TINY_PREFIX):
         return name
     arch = name[len(TINY_PREFIX):] or "qwen2"
+    from prefpred.utils import cache_root
+
     directory = cache_root() / f"tiny-{arch}"
     if not (directory / "config.json").is_file():
         import tempfile
