@@ -43,6 +43,22 @@ def torch_one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def tok():
+    """A tokenizer trained on the planted pairs (module-scoped: cheap, and modules may override it)."""
+    from prefpred.testing import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def lm(tok):
+    """A tiny random causal LM over :func:`tok`."""
+    from prefpred.testing import tiny_causal_lm
+
+    return tiny_causal_lm(tok, hidden=32)
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen_dir(tmp_path_factory) -> Path:
     """A tiny random Qwen2 model + trained tokenizer saved as a local model directory (shared, read-only)."""

@@ -17,21 +17,12 @@ from prefpred.inference import (
 )
 from prefpred.inference.vllm_engine import probs_from_request_outputs
 from prefpred.prompts import get_style
-from prefpred.testing import planted_pairs, tiny_causal_lm, tiny_sequence_classifier, tiny_tokenizer
+from prefpred.testing import planted_pairs, tiny_causal_lm, tiny_sequence_classifier
 from prefpred.types import MissingDependencyError, Pair, Turn, swap_proba
+from vllm_fakes import Logprob, RequestOutput
 
 TOL = 1e-5
 
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def lm(tok):
-    return tiny_causal_lm(tok, hidden=32)
 
 
 @pytest.fixture(scope="module")
@@ -218,33 +209,18 @@ def test_training_mode_restored(tok, lm):
 
 
 # ------------------------------------------------------------------------------------------- vLLM boundary
-class _Logprob:  # shaped like vllm.sequence.Logprob
-    def __init__(self, logprob, rank=1, decoded_token=None):
-        self.logprob, self.rank, self.decoded_token = logprob, rank, decoded_token
-
-
-class _Completion:  # shaped like vllm.outputs.CompletionOutput
-    def __init__(self, logprobs):
-        self.logprobs = logprobs
-
-
-class _RequestOutput:  # shaped like vllm.outputs.RequestOutput
-    def __init__(self, logprobs):
-        self.outputs = [_Completion(logprobs)]
-
-
 def test_label_probs_from_logprobs_matches_softmax_over_label_logits():
     labels = [11, 12, 13]
     logits = np.array([2.0, 0.5, -1.0])
     full = np.log(np.exp(logits) / (np.exp(logits).sum() + 5.0))  # log-softmax over a larger vocabulary
-    lps = {11: _Logprob(full[0]), 12: _Logprob(full[1]), 13: _Logprob(full[2]), 99: _Logprob(-0.2)}
+    lps = {11: Logprob(full[0]), 12: Logprob(full[1]), 13: Logprob(full[2]), 99: Logprob(-0.2)}
     expected = np.exp(logits) / np.exp(logits).sum()
     np.testing.assert_allclose(label_probs_from_logprobs(lps, labels), expected, atol=1e-12)
     # plain floats work too; a missing label gets the smallest returned logprob
     got = label_probs_from_logprobs({11: -0.1, 99: -3.0}, labels)
     np.testing.assert_allclose(got, np.exp([-0.1, -3.0, -3.0]) / np.exp([-0.1, -3.0, -3.0]).sum())
     np.testing.assert_allclose(label_probs_from_logprobs({}, labels), [1 / 3] * 3)
-    out = probs_from_request_outputs([_RequestOutput([lps]), _RequestOutput(None)], labels)
+    out = probs_from_request_outputs([RequestOutput([lps]), RequestOutput(None)], labels)
     assert out.shape == (2, 3) and np.allclose(out[1], 1 / 3) and np.allclose(out.sum(1), 1)
 
 

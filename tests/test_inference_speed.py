@@ -7,22 +7,11 @@ import logging
 import warnings
 
 import numpy as np
-import pytest
 
 from prefpred.inference import InferenceConfig, engine, score_pairs
 from prefpred.inference.bench import compare_paths, reference_paths
 from prefpred.prompts import get_style
-from prefpred.testing import planted_pairs, tiny_causal_lm, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def lm(tok):
-    return tiny_causal_lm(tok, hidden=32)
+from prefpred.testing import planted_pairs
 
 
 def _cfg(**kw) -> InferenceConfig:

@@ -17,21 +17,7 @@ from prefpred.models.judge import ZeroShotJudge
 from prefpred.prompts import get_style
 from prefpred.testing import planted_pairs
 from prefpred.types import ConfigError, swap_proba
-
-
-class _Logprob:  # shaped like vllm.sequence.Logprob
-    def __init__(self, logprob):
-        self.logprob = logprob
-
-
-class _Completion:  # shaped like vllm.outputs.CompletionOutput
-    def __init__(self, logprobs):
-        self.logprobs = logprobs
-
-
-class _RequestOutput:  # shaped like vllm.outputs.RequestOutput
-    def __init__(self, logprobs):
-        self.outputs = [_Completion(logprobs)]
+from vllm_fakes import Logprob, RequestOutput
 
 
 def label_logits(prompt_ids) -> np.ndarray:
@@ -62,9 +48,9 @@ def fake_vllm(tokenizer, label_ids):
             for p in prompts:
                 logits = label_logits(p["prompt_token_ids"])
                 full = logits - np.log(np.exp(logits).sum() + 4.0)  # log-softmax over a bigger vocabulary
-                lps = {int(t): _Logprob(float(v)) for t, v in zip(label_ids, full, strict=True)}
-                lps[99999] = _Logprob(-0.5)  # a non-label token in the top-k
-                outs.append(_RequestOutput([lps]))
+                lps = {int(t): Logprob(float(v)) for t, v in zip(label_ids, full, strict=True)}
+                lps[99999] = Logprob(-0.5)  # a non-label token in the top-k
+                outs.append(RequestOutput([lps]))
             return outs
 
     return types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams, __name__="vllm"), calls
