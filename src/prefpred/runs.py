@@ -156,7 +156,7 @@ class RunInfo:
     metrics: dict[str, Any]
 
 
-def _infer_kind(metrics: dict[str, Any]) -> str | None:
+def infer_kind(metrics: dict[str, Any]) -> str | None:
     """``kind`` of metrics.json; runs written before every job named it carry only ``model_kind``."""
     kind = metrics.get("kind")
     if kind:
@@ -181,7 +181,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
         raise RunError(f"{path}: damaged ({type(e).__name__}: not valid JSON text)") from None
     if not isinstance(metrics, dict):
         raise RunError(f"{path}: damaged (expected a JSON object)")
-    kind = _infer_kind(metrics)
+    kind = infer_kind(metrics)
     if kind is None:
         raise RunError(f"{path}: no run 'kind' (not written by prefpred?)")
     return RunInfo(path=run_dir, kind=kind, metrics=metrics)

@@ -66,26 +66,20 @@ def _results(m: Mapping[str, Any]) -> list[str]:
     lines = ["## Results", ""]
     cv = m.get("cv", {})
     summ = cv.get("summary", {})
-    rows = []
-    prior = m.get("prior", {})
-    if prior.get("oof"):
-        p = prior["oof"]
-        rows.append(["class prior, out-of-fold", p["log_loss"], p["accuracy"], p["brier"], p["ece"], p["n"]])
+    prior, hold = m.get("prior", {}), m.get("holdout") or {}
+
+    def row(label: str, r: Mapping[str, Any]) -> list[Any]:
+        return [label, r["log_loss"], r["accuracy"], r["brier"], r["ece"], r["n"]]
+
+    rows = [row("class prior, out-of-fold", prior["oof"])] if prior.get("oof") else []
     if cv.get("oof"):
-        o = cv["oof"]
-        rows.append(["model, out-of-fold (pooled)", o["log_loss"], o["accuracy"], o["brier"], o["ece"], o["n"]])
+        rows.append(row("model, out-of-fold (pooled)", cv["oof"]))
         rows.append(["model, per-fold mean ± std", _pm(summ, "log_loss"), _pm(summ, "accuracy"),
                      _pm(summ, "brier"), _pm(summ, "ece"), "–"])
-    hold = m.get("holdout") or {}
-    if prior.get("holdout"):
-        p = prior["holdout"]
-        rows.append(["class prior, holdout", p["log_loss"], p["accuracy"], p["brier"], p["ece"], p["n"]])
-    if hold.get("raw"):
-        h = hold["raw"]
-        rows.append(["model, holdout (raw)", h["log_loss"], h["accuracy"], h["brier"], h["ece"], h["n"]])
-    if hold.get("calibrated"):
-        h = hold["calibrated"]
-        rows.append(["model, holdout (calibrated)", h["log_loss"], h["accuracy"], h["brier"], h["ece"], h["n"]])
+    for label, r in (("class prior, holdout", prior.get("holdout")), ("model, holdout (raw)", hold.get("raw")),
+                     ("model, holdout (calibrated)", hold.get("calibrated"))):
+        if r:
+            rows.append(row(label, r))
     lines += [_table(["predictions", "log loss", "accuracy", "Brier", "ECE", "n"], rows), ""]
     lines += ["Lower log loss, Brier and ECE are better. The holdout was never used for training, early stopping "
               "or calibration, so it is the honest number; out-of-fold numbers used each fold's validation part "

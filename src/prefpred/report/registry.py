@@ -32,10 +32,10 @@ def register_renderer(*kinds: str) -> Callable[[Renderer], Renderer]:
 
 
 def run_kind(metrics: Mapping[str, Any]) -> str:
-    """``kind`` of a run's metrics; runs written before every job named it carry only ``model_kind``."""
-    if metrics.get("kind"):
-        return str(metrics["kind"])
-    return "llm" if metrics.get("model_kind") == "llm" else "cpu"
+    """``kind`` of a run's metrics (:func:`prefpred.runs.infer_kind`); ``cpu`` when nothing says otherwise."""
+    from prefpred.runs import infer_kind
+
+    return infer_kind(dict(metrics)) or "cpu"
 
 
 def renderer_for(kind: str) -> Renderer:

@@ -52,13 +52,6 @@ from prefpred.types import ConfigError, Pair
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "splits.csv", "metrics.jsonl", "metrics.json", "validation.csv", "holdout.csv",
-             "training_curves.png", "reliability.png", "confusion.png", "report.md", "model/")
-
-prepare_run_dir = prepare_in_place
-"""The in-place run folder step (:func:`prefpred.jobs.prepare_in_place`), under its old name."""
-
-
 @config_dataclass
 class TrainConfig(RunBase):
     """Everything ``prefpred train`` needs; saved, resolved, as ``config.yaml`` in the run directory."""
