@@ -108,17 +108,22 @@ import json, os, sys
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
-state = PartialState(cpu=True)  # what TrainingArguments(use_cpu=True) sets up (prefpred's model.device cpu)
+from prefpred.jobs import join_processes, leave_processes
+join_processes("cpu")  # what `prefpred train` does first (TrainingArguments(use_cpu=True) for model.device cpu)
+state = PartialState()
 t = torch.ones(1) * (state.process_index + 1)
 dist.all_reduce(t)
 row = {"rank": state.process_index, "world": state.num_processes, "backend": dist.get_backend(), "sum": float(t)}
+leave_processes()  # what `prefpred train` does last
+row["left"] = not dist.is_initialized()
 open(os.path.join(sys.argv[1], f"rank{state.process_index}.json"), "w").write(json.dumps(row))
 """
 
 
 @pytest.mark.slow
 def test_accelerate_launch_with_the_ddp_config_starts_two_cpu_processes(tmp_path):
-    """Its launcher is torchrun (the same environment as the torchrun test above), so a probe suffices."""
+    """Its launcher is torchrun (the same environment as the torchrun test above), so a probe of prefpred's
+    join/leave steps suffices. Without the leave step a process could exit with SIGABRT from gloo's threads."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "accelerate" / "ddp.yaml"),
@@ -128,6 +133,7 @@ def test_accelerate_launch_with_the_ddp_config_starts_two_cpu_processes(tmp_path
     rows = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in rows] == [0, 1]
     assert all(r["world"] == 2 and r["backend"] == "gloo" and r["sum"] == 3.0 for r in rows)  # 1 + 2: both joined
+    assert all(r["left"] for r in rows)  # the group is gone before exit: gloo cannot abort the interpreter
 
 
 def test_accelerate_resolves_the_ddp_config_to_two_processes_and_cpu_to_one():

@@ -154,6 +154,22 @@ def join_processes(device: str | None = None) -> None:
         PartialState(cpu=cpu)
 
 
+def leave_processes() -> None:
+    """Tear down the process group of a multi-process run, if one was set up (no-op otherwise).
+
+    A process that exits with a gloo group still alive can abort at interpreter shutdown ("terminate called
+    without an active exception", SIGABRT), turning a finished run into a failed exit code; so every job that
+    joins processes leaves them before it returns.
+    """
+    from prefpred.training.trainer import world_size
+
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait for every training process (no-op in a single process)."""
     from prefpred.training.trainer import world_size

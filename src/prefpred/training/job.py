@@ -41,6 +41,7 @@ from prefpred.jobs import (
     is_main,
     join_processes,
     leak_free_extra,
+    leave_processes,
     load_job_data,
     prepare_in_place,
     write_run_files,
@@ -110,16 +111,29 @@ def _split(cfg: TrainConfig, data: JobData) -> _Split:
 
 
 def train_job(cfg: TrainConfig) -> Path:
-    """Fine-tune, evaluate and write the run directory (see the module docstring); returns its path."""
-    from prefpred.models.llm import LLMPreferenceModel
+    """Fine-tune, evaluate and write the run directory (see the module docstring); returns its path.
+
+    Under a multi-process launcher the processes join first and leave the process group when the job ends,
+    whether it succeeded or not.
+    """
     from prefpred.utils import set_seed
 
     t_start = time.perf_counter()
-    timing: dict[str, float] = {}
     set_seed(cfg.seed)
     cfg = dataclasses.replace(cfg, name=cfg.run_name("llm"), inference=aligned_inference(cfg.model, cfg.inference))
-    run_dir = Path(cfg.out_dir) / cfg.name
     join_processes(cfg.model.device)
+    try:
+        return _train_and_write(cfg, t_start)
+    finally:
+        leave_processes()
+
+
+def _train_and_write(cfg: TrainConfig, t_start: float) -> Path:
+    """The steps of :func:`train_job` once the processes (if several) have joined."""
+    from prefpred.models.llm import LLMPreferenceModel
+
+    timing: dict[str, float] = {}
+    run_dir = Path(cfg.out_dir) / cfg.name
     resuming = prepare_in_place(run_dir, overwrite=cfg.overwrite, resume=cfg.training.resume)
     barrier()  # every process has checked the folder before the main one writes into it
 
