@@ -34,7 +34,7 @@ def run_dir(files):
     yml.write_text("seed: 1\nsplit:\n  n_folds: 4\nmodel:\n  n_estimators: 60\n  n_jobs: 1\n")
     result = runner.invoke(app, ["run", "--data", str(train), "--config", str(yml), "--out", str(d / "runs"),
                                  "--name", "r1", "--folds", "3", "--holdout", "0.2", "--seed", "5",
-                                 "--no-embeddings"])
+                                 "--no-embeddings", "--set", "model.num_leaves=5"])
     _ok(result)
     assert "log loss" in result.output and "run directory" in result.output
     return d / "runs" / "r1"
@@ -57,8 +57,10 @@ def test_run_artifacts_and_config_override(run_dir):
     assert 0 < h["oof_log_loss"] < 2 and 0 <= h["oof_accuracy"] <= 1 and h["oof_log_loss_std"] >= 0
     assert 0 < h["holdout_log_loss"] < 2 and 0 < h["holdout_log_loss_calibrated"] < 2
     cfg = (run_dir / "config.yaml").read_text()
-    # flags win over the YAML file (folds, seed); YAML values without a flag are kept (n_estimators)
+    # flags win over the YAML file (folds, seed); YAML values without a flag are kept (n_estimators); --set
+    # reaches any key
     assert "n_folds: 3" in cfg and "embeddings: false" in cfg and "n_estimators: 60" in cfg
+    assert "num_leaves: 5" in cfg
 
 
 def test_yaml_config_and_flags(files, tmp_path):

@@ -89,6 +89,8 @@ def test_one_set_parser():
     for cmd in ("train", "experiment"):
         result = runner.invoke(app, [cmd, "--config", "configs/tiny-cpu.yaml", "--set", "training.bogus=1"])
         assert result.exit_code == 2 and "unknown config key training.bogus" in result.output
+    result = runner.invoke(app, ["run", "--data", "unused.csv", "--set", "model.bogus=1"])
+    assert result.exit_code == 2 and "unknown config key model.bogus" in result.output
 
 
 # ------------------------------------------------------------------------------------ CLI against the configs

@@ -236,3 +236,36 @@ def test_a_nested_ensemble_worse_than_its_best_member_falls_back_to_that_member(
     np.testing.assert_array_equal(nested, good)
     kept, nested, why = _never_worse_than_best_member(spec, good * 0.9 + y * 0.1, P, y, ["noise", "good"])
     assert kept is spec and why is None
+
+
+@pytest.mark.slow
+def test_the_fallback_to_the_best_member_is_a_whole_run(members, tmp_path, monkeypatch):
+    """When the nested ensemble loses to its best member, the run is that member alone, written and usable (the
+    job used to crash logging the fallback's cross-validated score, which does not exist)."""
+    import prefpred.ensemble.job as job
+
+    tmp, data, a, b = members
+    real = job.nested_oof
+
+    def losing(P, y, folds, X=None):  # the procedure's nested predictions, made worse than any member
+        _, chosen = real(P, y, folds, X)
+        return np.full_like(y, 1 / 3), chosen
+
+    monkeypatch.setattr(job, "nested_oof", losing)
+    result = runner.invoke(app, ["ensemble", str(a), str(b), "--out", str(tmp_path / "runs"), "--name", "fb"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    run = tmp_path / "runs" / "fb"
+    m = json.loads((run / "metrics.json").read_text())
+    best = min(m["members"], key=lambda k: m["members"][k]["oof"]["log_loss"])
+    assert m["method"] == "best-member" and m["fallback"]["best_member"] == best
+    assert m["member_weights"][best] == pytest.approx(1.0)
+    member = a if best == "a" else b
+    ids, nested = read_predictions(run / "oof.csv")
+    m_ids, m_oof = read_predictions(member / "oof.csv")
+    order = [m_ids.index(i) for i in ids]
+    np.testing.assert_allclose(nested, m_oof[order], atol=1e-6)  # the member's raw OOF predictions
+    out = tmp_path / "sub.csv"
+    result = runner.invoke(app, ["predict", "--run", str(run), "--data", str(data), "--out", str(out)])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    _, proba = read_predictions(out)
+    np.testing.assert_allclose(proba, load_predictor(member, calibrated=False).predict_proba(load_pairs(data)), atol=1e-5)

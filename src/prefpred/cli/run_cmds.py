@@ -76,14 +76,17 @@ def run_cmd(
                                              help="Drop invalid rows (reported) instead of failing."),
     calibrate: bool | None = typer.Option(None, "--calibrate/--no-calibrate",
                                           help="Calibrate on out-of-fold predictions (default: on)."),
+    overrides: list[str] = typer.Option([], "--set", help="Any config key: --set model.num_leaves=16 "
+                                        "(repeatable)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name."),
 ) -> None:
     """Cross-validate the CPU model, score OOF and holdout, refit, and write a run directory."""
     options = dict(locals())  # the option values, before any other local exists
-    from prefpred.config import load_config, option_overrides
+    from prefpred.config import load_config, option_overrides, parse_set
     from prefpred.pipeline import RunConfig, run_job
 
-    cfg = load_config(RunConfig, config, option_overrides(RUN_OPTION_KEYS, options, force))
+    values = {**option_overrides(RUN_OPTION_KEYS, options, force), **parse_set(overrides)}
+    cfg = load_config(RunConfig, config, values)
     run_dir = run_job(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     console.print(_results_table(metrics))

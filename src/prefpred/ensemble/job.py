@@ -128,6 +128,24 @@ def _rel(target: Path, start: Path) -> str:
         return str(target)
 
 
+@dataclasses.dataclass
+class _Fit:
+    """The members' held-out rows and the ensemble chosen, scored and refitted on them."""
+
+    y: np.ndarray
+    P: np.ndarray
+    folds: np.ndarray
+    X: np.ndarray | None
+    pairs: list[Pair] | None
+    by_id: dict[str, Pair] | None
+    spec: CandidateSpec
+    cv: Any
+    nested: np.ndarray
+    chosen: Any
+    fallback: dict[str, Any] | None
+    final: Candidate
+
+
 def build_ensemble(cfg: EnsembleConfig) -> Path:
     """Blend the member runs of ``cfg`` into a new run directory; returns its path."""
     t0 = time.perf_counter()
@@ -135,6 +153,36 @@ def build_ensemble(cfg: EnsembleConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     check_run_target(out_dir / name, force=cfg.overwrite)  # refuse before the work, not after it
     members = load_members(cfg.members)
+    fit = _choose_and_fit(cfg, members)
+    member_rows = {m.name: {"path": str(m.path), "kind": m.kind, "source": m.source,
+                            "has_calibration": m.calibrated, "oof": compute_metrics(fit.y, m.proba)}
+                   for m in members}
+    hold = holdout_arrays(members)
+    holdout, hold_pred = _score_holdout(fit, members, hold, member_rows)
+    weights = _weights_doc(fit, members, (out_dir / name).resolve())
+    metrics = _metrics(cfg, name, fit, members, member_rows, hold, holdout, weights)
+
+    with new_run_dir(out_dir, name, force=cfg.overwrite) as work:
+        save_config(dataclasses.replace(cfg, name=name, members=[str(m.path) for m in members]),
+                    work / "config.yaml")
+        shutil.copyfile(members[0].path / "splits.csv", work / "splits.csv")
+        atomic_write_text(work / WEIGHTS_FILE, json.dumps(json_safe(weights), indent=2) + "\n")
+        write_predictions(members[0].ids, fit.nested, work / "oof.csv", labels=fit.y)
+        if holdout is not None and hold is not None and hold_pred is not None:
+            write_predictions(hold[0], hold_pred, work / "holdout.csv", labels=label_targets(hold[2]))
+        _plots(work, metrics, fit.y, fit.nested, members, hold, hold_pred, fit.pairs)
+        metrics["timing"] = {"total_s": time.perf_counter() - t0}
+        write_metrics(work, metrics, kind="ensemble")
+        from prefpred.report import build_report
+
+        build_report(work)
+    logger.info("ensemble written to %s", out_dir / name)
+    return out_dir / name
+
+
+def _choose_and_fit(cfg: EnsembleConfig, members: list[Member]) -> _Fit:
+    """Cross-validate the candidates, score the choice by nested validation (falling back to the best member when
+    it loses) and refit it on all held-out rows."""
     ref = members[0]
     y = label_targets(ref.labels)
     P = np.stack([m.proba for m in members])
@@ -143,55 +191,62 @@ def build_ensemble(cfg: EnsembleConfig) -> Path:
     X, pairs = _features(by_id, ref.ids)
     logger.info("ensemble of %d members over %d held-out rows in %d folds (%s)", len(members), len(y),
                 len(np.unique(folds)), "with pair features" if X is not None else "member probabilities only")
-
     cv = cross_validate(P, y, folds, X)
-    spec = cv.best
     nested, chosen = nested_oof(P, y, folds, X)
-    spec, nested, fallback = _never_worse_than_best_member(spec, nested, P, y, [m.name for m in members])
+    spec, nested, fallback = _never_worse_than_best_member(cv.best, nested, P, y, [m.name for m in members])
     final = Candidate.fit(spec, P, y, X)
-    per_fold = _per_fold(members, y, folds, nested)
-    logger.info("chosen %s: cross-validated log loss %.4f; nested %.4f", spec.name, cv.log_loss[spec.name],
-                log_loss(y, nested))
+    cv_note = f"cross-validated log loss {cv.log_loss[spec.name]:.4f}; " if spec.name in cv.log_loss else ""
+    logger.info("chosen %s: %snested %.4f", spec.name, cv_note, log_loss(y, nested))
+    return _Fit(y=y, P=P, folds=folds, X=X, pairs=pairs, by_id=by_id, spec=spec, cv=cv, nested=nested,
+                chosen=chosen, fallback=fallback, final=final)
 
-    hold = holdout_arrays(members)
-    holdout: dict[str, Any] | None = None
-    hold_pred = None
-    member_rows: dict[str, dict[str, Any]] = {}
-    for m in members:
-        member_rows[m.name] = {"path": str(m.path), "kind": m.kind, "source": m.source,
-                               "has_calibration": m.calibrated, "oof": compute_metrics(y, m.proba)}
-    if hold is not None:
-        h_ids, Ph, h_labels = hold
-        Xh, _ = _features(by_id, h_ids) if X is not None else (None, None)
-        if X is not None and Xh is None:
-            logger.warning("holdout pairs not found in the data: the holdout is not scored")
-        else:
-            yh = label_targets(h_labels)
-            hold_pred = final.predict(Ph, Xh)
-            holdout = {"raw": compute_metrics(yh, final.predict(Ph, Xh, calibrated=False))}
-            if final.calibrator is not None:
-                holdout["calibrated"] = compute_metrics(yh, hold_pred)
-            for i, m in enumerate(members):
-                member_rows[m.name]["holdout"] = compute_metrics(yh, Ph[i])
 
-    m_count = len(members)
-    weights = {"members": [{"name": m.name, "path": _rel(m.path, (out_dir / name).resolve()),
-                            "abs_path": str(m.path)} for m in members],
-               "method": spec.name, "combiner": final.combiner.to_dict(),
-               "calibration": final.calibrator.to_dict() if final.calibrator is not None else None,
-               "pair_features": list(PAIR_FEATURES) if X is not None else [],
-               "member_weights": dict(zip([m.name for m in members], final.combiner.weights(m_count),
-                                          strict=True))}
-    nested_metrics = compute_metrics(y, nested)
+def _score_holdout(fit: _Fit, members: list[Member], hold: Any, member_rows: dict[str, dict[str, Any]]
+                   ) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+    """The refitted ensemble (raw and calibrated) and each member on the members' shared holdout, if any; the
+    members' holdout metrics go into ``member_rows``."""
+    if hold is None:
+        return None, None
+    h_ids, Ph, h_labels = hold
+    Xh, _ = _features(fit.by_id, h_ids) if fit.X is not None else (None, None)
+    if fit.X is not None and Xh is None:
+        logger.warning("holdout pairs not found in the data: the holdout is not scored")
+        return None, None
+    yh = label_targets(h_labels)
+    hold_pred = fit.final.predict(Ph, Xh)
+    holdout = {"raw": compute_metrics(yh, fit.final.predict(Ph, Xh, calibrated=False))}
+    if fit.final.calibrator is not None:
+        holdout["calibrated"] = compute_metrics(yh, hold_pred)
+    for i, m in enumerate(members):
+        member_rows[m.name]["holdout"] = compute_metrics(yh, Ph[i])
+    return holdout, hold_pred
+
+
+def _weights_doc(fit: _Fit, members: list[Member], run_dir: Path) -> dict[str, Any]:
+    """``weights.json``: the members (by path relative to the run, and absolute), combiner and calibrator."""
+    names = [m.name for m in members]
+    return {"members": [{"name": m.name, "path": _rel(m.path, run_dir), "abs_path": str(m.path)} for m in members],
+            "method": fit.spec.name, "combiner": fit.final.combiner.to_dict(),
+            "calibration": fit.final.calibrator.to_dict() if fit.final.calibrator is not None else None,
+            "pair_features": list(PAIR_FEATURES) if fit.X is not None else [],
+            "member_weights": dict(zip(names, fit.final.combiner.weights(len(members)), strict=True))}
+
+
+def _metrics(cfg: EnsembleConfig, name: str, fit: _Fit, members: list[Member],
+             member_rows: dict[str, dict[str, Any]], hold: Any, holdout: dict[str, Any] | None,
+             weights: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json`` of the ensemble run (the nested out-of-fold numbers are the headline)."""
+    y, ref = fit.y, members[0]
+    nested_metrics = compute_metrics(y, fit.nested)
     metrics: dict[str, Any] = {
         "name": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model_kind": "ensemble",
         "data_path": cfg.data or ref.data_path,
-        "method": spec.name,
+        "method": fit.spec.name,
         "member_weights": weights["member_weights"],
         "counts": {"pairs": len(y) + (len(hold[0]) if hold else 0), "cv": len(y),
-                   "holdout": len(hold[0]) if hold else 0, "members": m_count},
+                   "holdout": len(hold[0]) if hold else 0, "members": len(members)},
         "headline": {
             "oof_log_loss": nested_metrics["log_loss"], "oof_accuracy": nested_metrics["accuracy"],
             "holdout_log_loss": holdout["raw"]["log_loss"] if holdout else None,
@@ -199,33 +254,18 @@ def build_ensemble(cfg: EnsembleConfig) -> Path:
             "holdout_log_loss_calibrated": (holdout.get("calibrated", {}).get("log_loss") if holdout else None),
             "best_member_oof_log_loss": min(r["oof"]["log_loss"] for r in member_rows.values()),
         },
-        "cv": {"n_folds": len(np.unique(folds)), "oof": nested_metrics, "per_fold": per_fold,
-               "nested_choices": chosen, "candidates": cv.log_loss, "source": ref.source},
+        "cv": {"n_folds": len(np.unique(fit.folds)), "oof": nested_metrics,
+               "per_fold": _per_fold(members, y, fit.folds, fit.nested), "nested_choices": fit.chosen,
+               "candidates": fit.cv.log_loss, "source": ref.source},
         "holdout": holdout,
         "members": member_rows,
-        "fallback": fallback,
+        "fallback": fit.fallback,
     }
-    if pairs is not None:
+    if fit.pairs is not None:
         from prefpred.analysis import analyze
 
-        metrics["analysis"] = analyze(pairs, nested, on="nested out-of-fold")
-
-    with new_run_dir(out_dir, name, force=cfg.overwrite) as work:
-        save_config(dataclasses.replace(cfg, name=name, members=[str(m.path) for m in members]),
-                    work / "config.yaml")
-        shutil.copyfile(ref.path / "splits.csv", work / "splits.csv")
-        atomic_write_text(work / WEIGHTS_FILE, json.dumps(json_safe(weights), indent=2) + "\n")
-        write_predictions(ref.ids, nested, work / "oof.csv", labels=y)
-        if holdout is not None and hold is not None and hold_pred is not None:
-            write_predictions(hold[0], hold_pred, work / "holdout.csv", labels=label_targets(hold[2]))
-        _plots(work, metrics, y, nested, members, hold, hold_pred, pairs)
-        metrics["timing"] = {"total_s": time.perf_counter() - t0}
-        write_metrics(work, metrics, kind="ensemble")
-        from prefpred.report import build_report
-
-        build_report(work)
-    logger.info("ensemble written to %s", out_dir / name)
-    return out_dir / name
+        metrics["analysis"] = analyze(fit.pairs, fit.nested, on="nested out-of-fold")
+    return metrics
 
 
 def _plots(work: Path, metrics: dict[str, Any], y: np.ndarray, nested: np.ndarray, members: list[Member],
