@@ -40,6 +40,16 @@ def run_dir(files):
     return d / "runs" / "r1"
 
 
+def test_version():
+    from importlib.metadata import version
+
+    import prefpred
+
+    result = runner.invoke(app, ["--version"])
+    _ok(result)
+    assert result.output.strip() == f"prefpred {prefpred.__version__}" == f"prefpred {version('prefpred')}"
+
+
 @pytest.mark.parametrize("cmd", [["run"], ["split"], ["predict"], ["evaluate"]])
 def test_help(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
@@ -120,6 +130,11 @@ def test_evaluate_holdout_predictions(files, run_dir):
     _ok(result)
     n_hold = json.loads((run_dir / "metrics.json").read_text())["counts"]["holdout"]
     assert json.loads(out.read_text())["n"] == n_hold and f"{n_hold} of 120 data pairs scored" in result.output
+    errors = json.loads(out.read_text())["confident_errors"]  # the worst of them printed too, most confident first
+    assert errors and "most confidently wrong" in result.output
+    table = result.output.split("most confidently wrong")[1]
+    printed = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
+    assert printed == [e["id"] for e in errors[:5]]
     oof_sub = d / "oof_sub.csv"
     _ok(runner.invoke(app, ["predict", "--run", str(run_dir), "--data", str(train), "--out", str(oof_sub)]))
     result = runner.invoke(app, ["evaluate", "--pred", str(oof_sub), "--data", str(train), "--out", str(out),

@@ -254,6 +254,7 @@ def test_the_fallback_to_the_best_member_is_a_whole_run(members, tmp_path, monke
     monkeypatch.setattr(job, "nested_oof", losing)
     result = runner.invoke(app, ["ensemble", str(a), str(b), "--out", str(tmp_path / "runs"), "--name", "fb"])
     assert result.exit_code == 0, result.output + str(result.exception)
+    assert "blending did not pay" in result.output and "not worse than its best member" not in result.output
     run = tmp_path / "runs" / "fb"
     m = json.loads((run / "metrics.json").read_text())
     best = min(m["members"], key=lambda k: m["members"][k]["oof"]["log_loss"])

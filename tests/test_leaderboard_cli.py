@@ -209,7 +209,7 @@ def test_terminal_table_keeps_numbers_whole_at_80_columns(tmp_path):
     """Long model names are cut, never the ratings, intervals or counts (a pipe or small terminal: 80 columns)."""
     votes = _votes(tmp_path / "votes.csv", n=600)  # style columns: one more column to fit
     table = pd.read_csv(votes)
-    long = {n: f"{n}-model-with-a-very-long-release-name-2025-06-01" for n in STRENGTHS}
+    long = {n: f"vendor-model-with-a-very-long-release-name-preview-{n}" for n in STRENGTHS}  # same start
     table["model_a"], table["model_b"] = table["model_a"].map(long), table["model_b"].map(long)
     table.to_csv(votes, index=False)
     result = _lb(tmp_path, "--battles", str(votes), "--name", "w", "--rounds", "5", "--min-battles", "10")
@@ -218,5 +218,10 @@ def test_terminal_table_keeps_numbers_whole_at_80_columns(tmp_path):
     for _, r in board.iterrows():
         assert f"{r['rating']:.1f}" in result.stdout
         assert f"{r['ci_low']:.1f} – {r['ci_high']:.1f}" in result.stdout
-        assert f"{r['model'][:12]}" in result.stdout  # enough of the name left to tell models apart
+        assert r["model"] not in result.stdout  # cut to fit...
+        assert r["model"][:8] in result.stdout and r["model"].rsplit("-", 1)[1] in result.stdout  # ...in the middle
+    rows = [line.split("│") for line in result.stdout.splitlines() if line.count("│") >= 5]
+    shown = [cells[1].strip() for cells in rows if cells[1].strip() != "model"]
+    assert len(shown) == len(board) == len(set(shown))  # models sharing a long prefix stay apart
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
     assert "win rate" in result.stdout

@@ -199,12 +199,16 @@ def test_model_info_health_and_client_helper(server, run_dir):
 def test_bearer_token_required_and_never_logged(server, http, caplog):
     caplog.set_level(logging.DEBUG)
     marker = "MARKER-TEXT-81c2"
-    for path in ("/v1/model", "/metrics", "/openapi.json"):
+    for path in ("/v1/model", "/metrics"):
         assert httpx.get(server.url + path).status_code == 401
     r = httpx.post(server.url + "/v1/preference", json={"prompt": marker, "response_a": "a", "response_b": "b"},
                    headers={"Authorization": "Bearer wrong-token-5e"})
-    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and r.json()["error"] == "unauthorized"
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["error"] == "unauthorized" and r.json()["field"] == "authorization"
     assert httpx.get(server.url + "/health").status_code == 200  # liveness needs no token
+    # nor does the API description: a browser on /docs fetches the spec without the token
+    assert httpx.get(server.url + "/docs").status_code == 200
+    assert httpx.get(server.url + "/openapi.json").json()["info"]["title"] == "prefpred"
     ok = http.post("/v1/preference", json={"prompt": marker, "response_a": "a", "response_b": "b"})
     assert ok.status_code == 200
     time.sleep(0.1)

@@ -272,7 +272,8 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. training.learning_rate=1e-4), got {item!r}")
+            raise ConfigError("--set expects KEY=VALUE with a dotted config key (e.g. seed=7, split.n_folds=10), "
+                              f"got {item!r}")
         try:
             out[key] = yaml.safe_load(value) if value.strip() else value
         except yaml.YAMLError:

@@ -82,7 +82,7 @@ def match_arrays(ids: Sequence[str], proba: np.ndarray, pairs: Sequence[Pair], *
     if not scored:
         raise DataError(f"the {len(covered):,} covered pair(s) have no labels: nothing to score", path=where)
     if cov.n_scored < cov.n_data or cov.n_unused:
-        logger.info("%s: %s", where, cov.describe())
+        logger.debug("%s: %s", where, cov.describe())  # callers show it (evaluate prints it once)
     order = np.asarray([index[p.id] for p in scored], dtype=int)
     return Matched(scored, label_matrix(scored), np.asarray(proba, dtype=np.float64)[order], cov)
 

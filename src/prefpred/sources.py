@@ -27,6 +27,7 @@ A hub id with a GGUF file (``repo/id:file.gguf``) is downloaded with ``huggingfa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -36,6 +37,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -155,6 +157,29 @@ def _is_converted(folder: Path) -> bool:
     return (folder / SOURCE_FILE).is_file() and (folder / "config.json").is_file()
 
 
+_ANNOUNCED: set[Path] = set()
+
+
+@contextlib.contextmanager
+def _no_tensor_bar() -> Iterator[None]:
+    """transformers' GGUF reader draws a bar per tensor with plain tqdm (~270 redraws on one ``\\r`` line, which
+    floods logs and pipes); prefpred logs the conversion's start and end instead. Shown with ``--verbose``."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as reader
+    except ImportError:  # another transformers layout: leave it as it is
+        yield
+        return
+    bar = getattr(reader, "tqdm", None)
+    if bar is None or logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    reader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        reader.tqdm = bar
+
+
 def convert_gguf(gguf: str | Path) -> Path:
     """A safetensors folder (fp32 weights + tokenizer) of ``gguf``: converted on first use, then reused."""
     gguf = Path(gguf).expanduser().resolve()
@@ -162,7 +187,9 @@ def convert_gguf(gguf: str | Path) -> Path:
         raise ModelSourceError(f"{gguf}: GGUF file not found")
     target = gguf_cache_dir(gguf)
     if _is_converted(target):
-        logger.info("%s: using the converted copy %s", gguf.name, target)
+        if target not in _ANNOUNCED:  # said once per process, however many times a command resolves the model
+            _ANNOUNCED.add(target)
+            logger.info("%s: using the converted copy %s", gguf.name, target)
         return target
     try:
         import gguf as _gguf  # noqa: F401  (transformers reads GGUF through it)
@@ -174,7 +201,8 @@ def convert_gguf(gguf: str | Path) -> Path:
     logger.info("converting %s to safetensors (once; cached in %s)", gguf.name, target)
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+        with _no_tensor_bar():
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ModelSourceError(f"{gguf}: could not read the GGUF file ({type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from e
@@ -198,6 +226,7 @@ def convert_gguf(gguf: str | Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     logger.info("converted %s in %.1f s", gguf.name, time.perf_counter() - t0)
+    _ANNOUNCED.add(target)
     return target
 
 

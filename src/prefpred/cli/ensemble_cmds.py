@@ -47,9 +47,13 @@ def ensemble_cmd(
     console.print(table)
     if metrics.get("fallback"):
         fb = metrics["fallback"]
-        console.print(f"[yellow]the nested ensemble ({fb['instead_of']}, {fmt(fb['nested_log_loss'])}) was worse than "
-                      f"{fb['best_member']} alone ({fmt(fb['best_member_log_loss'])}): the run uses that member[/yellow]")
-    worse = [str(f["fold"]) for f in metrics["cv"]["per_fold"] if not f["not_worse"]]
-    console.print(f"ensemble not worse than its best member in {len(metrics['cv']['per_fold']) - len(worse)} of "
-                  f"{len(metrics['cv']['per_fold'])} folds" + (f" (worse in fold {', '.join(worse)})" if worse else ""))
+        console.print(f"[yellow]blending did not pay: scored by nested validation it reached {fmt(fb['nested_log_loss'])}"
+                      f", worse than {fb['best_member']} alone ({fmt(fb['best_member_log_loss'])}); the run is that "
+                      f"member's uncalibrated predictions (the candidate chosen on all rows was {fb['instead_of']})"
+                      "[/yellow]")
+    else:
+        worse = [str(f["fold"]) for f in metrics["cv"]["per_fold"] if not f["not_worse"]]
+        console.print(f"ensemble not worse than its best member in {len(metrics['cv']['per_fold']) - len(worse)} of "
+                      f"{len(metrics['cv']['per_fold'])} folds"
+                      + (f" (worse in fold {', '.join(worse)})" if worse else ""))
     console.print(f"run directory: [bold]{run_dir}[/bold] (report: {run_dir / 'report.md'})")

@@ -76,14 +76,18 @@ def _top_table(run_dir: Path, metrics: dict) -> Table:
     rows = [(str(r["rank"]), str(r["model"]), f"{r['rating']:.1f}", f"{r['ci_low']:.1f} – {r['ci_high']:.1f}",
              f"{int(r['battles']):,}", f"{r['win_rate']:.3f}", *((str(r["style_rank"]),) if style else ()))
             for _, r in table.head(TOP_SHOWN).iterrows()]
+    from prefpred.report.fmt import cut_middle
+
+    widths = [max([len(col), *(len(row[i]) for row in rows)]) for i, col in enumerate(header)]
+    m = header.index("model")  # the one column that gives way on a narrow terminal, cut in the middle so that
+    room = max(8, console.width - (sum(widths) - widths[m]) - 3 * len(header) + 1)  # names stay apart
     for i, col in enumerate(header):
-        if col == "model":  # the one column that gives way on a narrow terminal (cut with an ellipsis)
-            out.add_column(col, justify="left", overflow="ellipsis")
+        if i == m:
+            out.add_column(col, justify="left", no_wrap=True, min_width=min(widths[m], room))
         else:  # numbers are never cut: their column is as wide as its widest cell
-            width = max([len(col), *(len(row[i]) for row in rows)])
-            out.add_column(col, justify="right", no_wrap=True, min_width=width)
+            out.add_column(col, justify="right", no_wrap=True, min_width=widths[i])
     for row in rows:
-        out.add_row(*row)
+        out.add_row(*[cut_middle(c, room) if i == m else c for i, c in enumerate(row)])
     notes = [f"top {TOP_SHOWN} of {len(table)}; all in leaderboard.csv"] if len(table) > TOP_SHOWN else []
     if style:
         notes.append("style: rank under style control")

@@ -233,6 +233,8 @@ def _evaluate_one(pred: Path | None, data: str | None, run: Path | None, *, raw:
     console.print(table)
     console.print(m.coverage.describe())
     console.print(_segments_table(metrics["segments"]))
+    if metrics.get("confident_errors"):
+        console.print(_errors_table(metrics["confident_errors"][:5]))
     if plots is not None:
         from prefpred.plots import plot_confusion, plot_reliability, plot_segment_log_loss
 
@@ -251,6 +253,23 @@ def _segments_table(segments: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="left" if col in ("segment", "value") else "right")
     for s in segments:
         table.add_row(str(s["segment"]), str(s["value"]), fmt(s["n"]), fmt(s["log_loss"]), fmt(s["accuracy"], 3))
+    return table
+
+
+def _errors_table(errors: list[dict[str, Any]]) -> Table:
+    """The most confidently wrong pairs (the whole list is in --out and in run reports)."""
+    rows = [(escape(str(e["id"])), escape(str(e["prompt"])), f"{e['predicted']} {e['p_predicted']:.2f}",
+             f"{e['true']} {e['p_true']:.2f}", f"{e['len_a']:,}", f"{e['len_b']:,}") for e in errors]
+    cols = ("id", "prompt", "predicted", "true", "len A", "len B")
+    whole = [max(len(col), *(len(r[i]) for r in rows)) for i, col in enumerate(cols)]
+    room = console.width - sum(whole) + whole[1] - 3 * len(cols) - 1  # only the prompt is cut to fit
+    table = Table(title="most confidently wrong")
+    for i, col in enumerate(cols):
+        width = max(8, min(44, room)) if col == "prompt" else whole[i]
+        table.add_column(col, justify="right" if col.startswith("len") else "left", no_wrap=True,
+                         overflow="ellipsis", min_width=width, max_width=width)
+    for r in rows:
+        table.add_row(*r)
     return table
 
 

@@ -114,8 +114,8 @@ def _never_worse_than_best_member(spec: CandidateSpec, nested: np.ndarray, P: np
     ens_ll = log_loss(y, nested)
     if ens_ll <= member_ll[best]:
         return spec, nested, None
-    logger.warning("the nested ensemble (%s, log loss %.4f) is worse than its best member %s (%.4f): using %s alone",
-                   spec.name, ens_ll, names[best], member_ll[best], names[best])
+    logger.warning("scored by nested validation the ensemble reaches log loss %.4f, worse than its best member %s "
+                   "(%.4f): using %s alone", ens_ll, names[best], member_ll[best], names[best])
     return (CandidateSpec("best-member"), P[best].copy(),
             {"instead_of": spec.name, "nested_log_loss": ens_ll, "best_member": names[best],
              "best_member_log_loss": member_ll[best]})

@@ -336,7 +336,7 @@ def read_battles(path: str | Path, *, both_bad: str = "tie", skip_invalid: bool 
         for reason, n in res.drop_summary().items():
             battles.dropped[reason] = battles.dropped.get(reason, 0) + n
     if battles.dropped:
-        logger.warning("%s: left out %s", path, ", ".join(f"{n} {r}" for r, n in battles.dropped.items()))
+        logger.warning("%s: rows left out: %s", path, ", ".join(f"{r} {n:,}" for r, n in battles.dropped.items()))
     return battles
 
 

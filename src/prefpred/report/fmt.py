@@ -19,6 +19,18 @@ def fmt(v: Any, digits: int = 4, sign: bool = False) -> str:
     return str(v)
 
 
+def cut_middle(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters by dropping its middle (``gemini-2.5-…-03-25``): names that share a
+    long prefix and differ at the end stay apart."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    head = (width - 1 + 1) // 2
+    tail = width - 1 - head
+    return text[:head] + "…" + (text[-tail:] if tail else "")
+
+
 def _num(v: Any, digits: int = 4) -> str:
     if v is None:
         return "–"

@@ -5,7 +5,7 @@ Bradley-Terry scores and ranks), ``GET /health`` (liveness, never needs the toke
 config, headline metrics), ``GET /metrics`` (Prometheus text), ``GET /openapi.json`` and ``/docs`` (FastAPI's).
 
 Safety: an optional bearer token (compared in constant time, never logged or shown) guards every endpoint but
-``/health``; bodies over ``Limits.max_body_bytes`` are refused (413) before they are parsed; every refusal is a
+``/health`` and the API description (``/openapi.json``, ``/docs``, ``/redoc``); bodies over ``Limits.max_body_bytes`` are refused (413) before they are parsed; every refusal is a
 JSON :class:`~prefpred.serve.schemas.ErrorBody` naming the field; a model that fails or returns non-finite
 probabilities for one request fails only that request (422 for a user error or a non-finite row, 500 for a
 model bug) and the worker keeps serving. Request texts are logged only with ``log_texts``. Shutdown waits for the
@@ -55,8 +55,9 @@ from prefpred.types import LABELS, Pair, UserError
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health"})
-"""Paths that never need the bearer token (liveness probes)."""
+OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+"""Paths that never need the bearer token: liveness, and the API's own description (a browser opening ``/docs``
+cannot send the token with the spec request it makes); scores, the model's config and metrics stay guarded."""
 SCORING_PATHS = frozenset({"/v1/preference", "/v1/rank"})
 """Paths whose requests go to the batcher (announced to it as they arrive)."""
 ARRIVING = "prefpred.arriving"
@@ -160,7 +161,8 @@ class _Guard:
         try:
             if self.expected is not None and path not in OPEN_PATHS and not self._authorized(scope):
                 await _send_error(send_status, 401, "unauthorized", "missing or wrong bearer token "
-                                  "(send Authorization: Bearer <token>)", headers=[(b"www-authenticate", b"Bearer")])
+                                  "(send Authorization: Bearer <token>)", field="authorization",
+                                  headers=[(b"www-authenticate", b"Bearer")])
                 return
             if scope.get("method") in {"POST", "PUT", "PATCH"}:
                 if path in SCORING_PATHS and scope.get("method") == "POST":
@@ -359,9 +361,6 @@ def _json(body: Any) -> Response:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from prefpred import __version__
 
-        return version("prefpred")
-    except Exception:
-        return "0"
+    return __version__
