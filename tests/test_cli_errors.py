@@ -363,3 +363,23 @@ def test_help_lists_commands_in_workflow_order():
               if ln.startswith("│ ") and ln[2] not in " -"]
     assert listed[:5] == ["data", "split", "run", "predict", "evaluate"], listed
     assert listed.index("train") < listed.index("experiment") < listed.index("synth") < listed.index("bench"), listed
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--bogus"], "No such option: --bogus"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["run", "--limit", "0", "--data", "x.csv"], "'--limit'"),
+    (["predict", "--run", "x"], "Missing option '--data'"),
+    (["data", "validate"], "Missing argument"),
+])
+def test_usage_errors_are_one_line_naming_the_command(args, needle):
+    res = runner.invoke(app, args, prog_name="prefpred")
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: prefpred") and needle in lines[0], res.output
+    assert "--help)" in lines[0] and "╭" not in res.output
+
+
+def test_a_group_without_a_command_still_shows_its_help():
+    res = runner.invoke(app, ["data"])
+    assert "Usage" in res.output and "validate" in res.output and "Error" not in res.output

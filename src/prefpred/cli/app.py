@@ -1,9 +1,9 @@
 """The root ``prefpred`` Typer app and its sub-command groups.
 
 Command modules (``prefpred.cli.*_cmds``) attach commands to these apps; :mod:`prefpred.cli` imports them all.
-User errors (:class:`~prefpred.types.UserError`) and every :class:`OSError` (missing or existing files, a
-read-only folder, a full disk, a path under a file) become one line on stderr and exit code 2, never a
-traceback: the line names the path and the reason. ``--verbose`` also logs the traceback at debug level.
+User errors (:class:`~prefpred.types.UserError`), usage errors (an unknown option, a value out of range) and every
+:class:`OSError` (missing or existing files, a read-only folder, a full disk, a path under a file) become one line
+on stderr and exit code 2, never a traceback: the line names the path (or option) and the reason. ``--verbose`` also logs the traceback at debug level.
 """
 
 from __future__ import annotations
@@ -52,6 +52,24 @@ WORKFLOW_ORDER = ("data", "split", "run", "predict", "evaluate", "ensemble", "le
 LLM commands and tools. Commands missing here follow in the order they were registered."""
 
 
+def _usage_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """click's usage errors and "no arguments: show help", in click itself and in the copy typer may vendor
+    (typer 0.29 raises ``typer._click.exceptions.UsageError``, which is not ``click.UsageError``)."""
+    modules = [click.exceptions]
+    try:
+        from typer._click import exceptions as vendored
+
+        modules.append(vendored)
+    except ImportError:  # a typer that uses click itself
+        pass
+    usage = tuple({m.UsageError for m in modules})
+    no_args = tuple({m.NoArgsIsHelpError for m in modules if hasattr(m, "NoArgsIsHelpError")})
+    return usage, no_args
+
+
+_USAGE_ERRORS, _NO_ARGS = _usage_exceptions()
+
+
 class _PrefpredGroup(TyperGroup):
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = super().list_commands(ctx)
@@ -61,6 +79,12 @@ class _PrefpredGroup(TyperGroup):
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
         try:
             return super().invoke(ctx)
+        except _NO_ARGS:  # a command with nothing given shows its help
+            raise
+        except _USAGE_ERRORS as e:  # a bad option, value or command: one line naming it, not a boxed usage
+            logger.debug("usage error", exc_info=True)
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            _fail(f"{where}: {e.format_message()} (see {where} --help)")
         except UserError as e:
             logger.debug("user error", exc_info=True)
             _fail(e.one_line())
