@@ -263,3 +263,21 @@ def test_run_without_data_offline_fails_at_once_in_one_line(tmp_path, monkeypatc
     assert "could not load the hub dataset" in line and "--data" in line
     said = res.output + caplog.text  # the Hub client's retry warnings go through logging
     assert "Retrying" not in said and "thrown while requesting" not in said, said
+
+
+def test_a_bad_row_in_a_training_file_says_how_to_see_them_all_and_skip_them(tmp_path):
+    import pandas as pd
+
+    path = _arena_csv(tmp_path, n=40)
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    table.loc[[3, 9], "prompt"] = "not json"
+    table.to_csv(path, index=False)
+    line = _error_line(runner.invoke(app, ["run", "--data", str(path), "--out", str(tmp_path / "runs")]))
+    assert "row 4, column 'prompt'" in line  # the first bad row...
+    assert f"prefpred data validate {path}` lists every bad row" in line and "--skip-invalid" in line  # ...and more
+    listed = runner.invoke(app, ["data", "validate", str(path)])
+    assert listed.exit_code == 2 and "row 4" in listed.output and "row 10" in listed.output
+    assert "lists every bad row" not in listed.output  # validate lists them itself
+    with pytest.raises(DataError, match="row 4") as err:  # the library raises the same DataError
+        load_pairs(path)
+    assert err.value.row == 4 and err.value.column == "prompt"

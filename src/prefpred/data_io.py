@@ -151,6 +151,12 @@ def one_hot_label(values: Sequence[Any], *, path: str, row: int) -> tuple[float,
     return (nums[0], nums[1], nums[2])
 
 
+def row_hint(path: str) -> str:
+    """Added to the first bad row's error when rows are not skipped: there may be more, and a way past them."""
+    listing = "" if str(path).startswith("hub:") else f"`prefpred data validate {path}` lists every bad row; "
+    return f" ({listing}--skip-invalid drops bad rows)"
+
+
 class Rows:
     """Collects pairs, enforcing unique ids and turning row errors into drops when asked."""
 
@@ -170,7 +176,8 @@ class Rows:
                                 path=self.path, row=row, column="id")
         except DataError as e:
             if not self.skip_invalid:
-                raise
+                e.message += row_hint(self.path)
+                raise DataError(e.message, path=e.path, row=e.row, column=e.column) from None
             self.dropped.append(e)
             return
         self._seen[pair.id] = row
