@@ -71,6 +71,8 @@ def test_run_artifacts_and_config_override(run_dir):
     # reaches any key
     assert "n_folds: 3" in cfg and "embeddings: false" in cfg and "n_estimators: 60" in cfg
     assert "num_leaves: 5" in cfg
+    report = (run_dir / "report.md").read_text()
+    assert "**Log loss by segment" in report and "![errors_by_segment.png]" in report  # every plot has a caption
 
 
 def test_yaml_config_and_flags(files, tmp_path):

@@ -12,6 +12,7 @@ PLOTS = (
     ("model_comparison.png", "Model comparison: class prior vs model, out-of-fold and holdout"),
     ("reliability.png", "Reliability (holdout, raw and calibrated; OOF when there is no holdout)"),
     ("confusion.png", "Confusion matrix"),
+    ("errors_by_segment.png", "Log loss by segment (out-of-fold; see the error analysis below)"),
 )
 
 
