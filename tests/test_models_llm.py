@@ -4,6 +4,8 @@ CPU, and the real MiniLM encoder with a classifier head."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,7 +37,13 @@ def test_adapter_save_reload_gives_identical_outputs(tiny_qwen_dir, tmp_path, he
     pairs = planted_pairs(6, seed=9)
     before = m.predict_proba(pairs)
     assert before.shape == (6, 3) and np.allclose(before.sum(axis=1), 1)
-    saved = m.save(tmp_path / "model")
+    old_mask = os.umask(0o022)
+    try:
+        saved = m.save(tmp_path / "model")
+    finally:
+        os.umask(old_mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in saved.iterdir()}
+    assert modes and set(modes.values()) <= {0o644, 0o755}, modes  # peft writes its file 0600 on its own
     meta = json.loads((saved / MODEL_META_FILE).read_text())
     assert meta["kind"] == "llm" and meta["weights"] == "adapter" and meta["model"]["head"] == head
     assert (saved / "adapter_model.safetensors").is_file() and (saved / "tokenizer_config.json").is_file()
@@ -142,3 +150,27 @@ def test_unfitted_model_and_missing_name_raise():
         LLMPreferenceModel().fit(planted_pairs(2))
     with pytest.raises(ConfigError):
         LLMPreferenceModel(LLMModelConfig(name_or_path="x")).predict_proba(planted_pairs(2))
+
+
+def test_a_first_use_of_a_tiny_alias_leaves_the_seeded_rngs_alone(tmp_path, monkeypatch):
+    """A seeded run draws the same numbers whether ``tiny:qwen2`` is already cached or is built on first use
+    (building it seeds its own weights): fine-tuning results used to differ between the first and later runs."""
+    import random
+
+    from prefpred.training.tiny import resolve_tiny
+    from prefpred.utils import set_seed
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    monkeypatch.setenv("PREFPRED_CACHE", str(tmp_path / "cache"))
+    set_seed(5)
+    expected = draws()
+    for _ in ("built", "cached"):
+        set_seed(5)
+        folder = resolve_tiny("tiny:qwen2")
+        assert draws() == expected
+    assert (Path(folder) / "config.json").is_file()
+    old = os.umask(0o022)
+    os.umask(old)
+    assert Path(folder).stat().st_mode & 0o777 == 0o777 & ~old  # a cache folder like any other

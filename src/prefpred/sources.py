@@ -42,7 +42,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from prefpred.types import MissingDependencyError, UserError
-from prefpred.utils import CACHE_ENV, cache_root  # noqa: F401  (re-exported: the one cache variable)
+from prefpred.utils import CACHE_ENV, cache_root, follow_umask  # noqa: F401  (CACHE_ENV re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def convert_gguf(gguf: str | Path) -> Path:
         tok.save_pretrained(str(tmp))
         (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "digest": target.name,
                                                    "converted_s": round(time.perf_counter() - t0, 1)}) + "\n")
-        _follow_umask(tmp)
+        follow_umask(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process converted it meanwhile
@@ -228,15 +228,6 @@ def convert_gguf(gguf: str | Path) -> Path:
     logger.info("converted %s in %.1f s", gguf.name, time.perf_counter() - t0)
     _ANNOUNCED.add(target)
     return target
-
-
-def _follow_umask(folder: Path) -> None:
-    """mkdtemp makes 0700 folders (and some writers 0600 files): give them the user's umask instead."""
-    mask = os.umask(0)
-    os.umask(mask)
-    folder.chmod(0o777 & ~mask)
-    for f in folder.rglob("*"):
-        f.chmod((0o777 if f.is_dir() else 0o666) & ~mask)
 
 
 def _split_gguf(spec: str) -> tuple[str, str] | None:

@@ -40,6 +40,26 @@ def set_seed(seed: int, *, with_torch: bool | None = True) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block that seeds or draws from the global RNGs (Python, NumPy, torch when imported) and give them
+    back as they were: building a helper artifact on first use (a tiny model, say) must not change what a seeded
+    run draws afterwards."""
+    py, npy = random.getstate(), np.random.get_state()
+    torch = sys.modules.get("torch")
+    th = torch.get_rng_state() if torch is not None else None
+    cuda = torch.cuda.get_rng_state_all() if torch is not None and torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        if th is not None:
+            torch.set_rng_state(th)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 CACHE_ENV = "PREFPRED_CACHE"
 """Environment variable naming prefpred's cache folder (default ``~/.cache/prefpred``)."""
 
@@ -56,6 +76,15 @@ def umask_mode(mode: int = 0o666) -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mode & ~mask
+
+
+def follow_umask(folder: str | Path) -> None:
+    """Give ``folder`` and everything in it the modes the user's umask allows (mkdtemp makes 0700 folders, and some
+    writers 0600 files), as if each had been created plainly."""
+    folder = Path(folder)
+    folder.chmod(umask_mode(0o777))
+    for f in folder.rglob("*"):
+        f.chmod(umask_mode(0o777 if f.is_dir() else 0o666))
 
 
 @contextlib.contextmanager

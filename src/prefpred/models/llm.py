@@ -211,6 +211,9 @@ class LLMPreferenceModel(PreferenceModel):
         self.model_.save_pretrained(str(directory))
         self.tokenizer_.save_pretrained(str(directory))
         self._write_meta(directory, self._meta())
+        from prefpred.utils import follow_umask
+
+        follow_umask(directory)  # peft writes the adapter file 0600; outputs follow the umask
         self.saved_dir_ = directory
         return directory
 

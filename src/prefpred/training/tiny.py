@@ -53,9 +53,13 @@ def resolve_tiny(name: str) -> str:
     if not (directory / "config.json").is_file():
         import tempfile
 
+        from prefpred.utils import follow_umask, preserved_rng
+
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tiny-{arch}.", dir=directory.parent))
-        write_tiny_model(tmp, arch)
+        with preserved_rng():  # the model is seeded on its own: a seeded run draws the same, cached or not
+            write_tiny_model(tmp, arch)
+        follow_umask(tmp)
         try:
             tmp.rename(directory)
         except OSError:  # another process won the race
