@@ -383,3 +383,14 @@ def test_usage_errors_are_one_line_naming_the_command(args, needle):
 def test_a_group_without_a_command_still_shows_its_help():
     res = runner.invoke(app, ["data"])
     assert "Usage" in res.output and "validate" in res.output and "Error" not in res.output
+
+
+def test_kernels_offline_chatter_is_quiet_after_setup():
+    """Loading any LLM offline made the ``kernels`` package (pulled in by transformers) print "Skipping publisher
+    trust check ... offline mode" on every command; prefpred's logging set-up quiets it like transformers'."""
+    code = ("import logging; from prefpred.utils import setup_logging; setup_logging(False); "
+            "logging.getLogger('kernels._internals.hf_hub').warning('Skipping publisher trust check for x'); "
+            "logging.getLogger('kernels').error('kernel errors still show')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "publisher trust" not in out.stderr and "kernel errors still show" in out.stderr

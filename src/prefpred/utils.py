@@ -143,7 +143,7 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-_THIRD_PARTY = r"(transformers|peft|accelerate|torch|sentence_transformers|bitsandbytes|huggingface_hub)(\.|$)"
+_THIRD_PARTY = r"(transformers|peft|accelerate|torch|sentence_transformers|bitsandbytes|huggingface_hub|kernels)(\.|$)"
 _QUIET_MESSAGES = (
     # prefpred truncates long texts on purpose (head + tail of each part), after tokenizing them whole
     "Token indices sequence length is longer than the specified maximum sequence length",
@@ -185,7 +185,7 @@ def quiet_third_party(verbose: bool = False) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("transformers", "bitsandbytes", "peft", "accelerate"):
+    for name in ("transformers", "bitsandbytes", "peft", "accelerate", "kernels"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if "transformers" in sys.modules:  # already imported: its settings were read from the environment
         from transformers.utils import logging as hf_logging
