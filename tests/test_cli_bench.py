@@ -47,6 +47,10 @@ def test_bench_inference_label_token_writes_json(assets):
     assert got["paths"]["bucketed"]["prefix_tokens"] > 0 and got["paths"]["bucketed_uncached"]["prefix_tokens"] == 0
     assert all(s["max_batch_tokens"] <= 4096 for s in got["paths"].values())
     assert got["pairwise_max_abs_diff"]["bucketed~naive"] < 1e-5
+    # memory is measured on prefpred's paths only; the reference loops say so instead of showing 0 MB
+    assert got["paths"]["bucketed"]["peak_memory_mb"] > 0 and got["paths"]["naive"]["peak_memory_mb"] is None
+    naive_row = next(line for line in res.output.splitlines() if line.startswith("naive "))
+    assert naive_row.split()[6] == "–"  # the peak MB column
 
 
 def test_bench_inference_classifier_head_is_inferred(assets):

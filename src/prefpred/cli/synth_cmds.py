@@ -17,7 +17,8 @@ _TIMEOUT = ("Overall deadline of one request attempt in seconds (connect, wait a
             "that trickles bytes is cut at it).")
 _JSON_MODE = ("Structured-output dialect: json_schema (OpenAI, vLLM), json_object (llama.cpp's "
               "{\"type\": \"json_object\", \"schema\": ...}), none (prompt only), or auto: json_schema, falling back "
-              "in order when the server refuses it with HTTP 400/422, remembered for the run.")
+              "in order when the server refuses it (HTTP 400/422, or an error naming response_format, as llama.cpp's "
+              "HTTP 500), remembered for the run.")
 _BREAKER = ("Stop the run after this many request attempts in a row got no usable answer (timeouts, connection "
             "errors, 429/5xx, unreadable bodies); 0: never.")
 _FORCE = "Overwrite --out if it exists (never the input file)."

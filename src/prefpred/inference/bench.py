@@ -84,7 +84,7 @@ def reference_paths(pairs: Sequence[Pair], model, tokenizer, style, *, config: I
                            "seconds": sec, "cpu_seconds": cpu, "pairs_per_s": len(pairs) / sec if sec else 0.0,
                            "tokens_per_s": tokens / sec if sec else 0.0, "tokens_per_cpu_s": _cpu_rate(tokens, cpu),
                            "padding_fraction": 0.0, "max_batch_tokens": max((len(x) for x in ids), default=0),
-                           "peak_memory_mb": 0.0, "device": str(device)}
+                           "peak_memory_mb": None, "device": str(device)}  # not measured on these paths
             logger.info("%-18s %8.2f pairs/s  %9.0f tokens/s", name, stats[name]["pairs_per_s"],
                         stats[name]["tokens_per_s"])
     return probs, stats
@@ -181,6 +181,10 @@ def compare_paths(pairs: Sequence[Pair], model, tokenizer, style, *, head: str =
     }
 
 
+def _mb(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def format_report(result: dict) -> str:
     """A plain-text table of :func:`compare_paths`'s result."""
     lines = [f"{result['n_pairs']} pairs, style {result['style']}, head {result['head']}, "
@@ -191,7 +195,7 @@ def format_report(result: dict) -> str:
     for name, s in result["paths"].items():
         lines.append(f"{name:<18} {s['pairs_per_s']:>9.2f} {s['tokens_per_s']:>10.0f} "
                      f"{100 * s['padding_fraction']:>7.1f}% {s['batches']:>8d} {s['max_batch_tokens']:>13d} "
-                     f"{s['peak_memory_mb']:>8.0f} {s['seconds']:>8.2f} {s['cpu_seconds']:>8.2f} "
+                     f"{_mb(s['peak_memory_mb']):>8} {s['seconds']:>8.2f} {s['cpu_seconds']:>8.2f} "
                      f"{s.get('tokens_per_cpu_s') or 0:>9.0f}")
     for key, label in (("bucketing_speedup", "bucketed / fixed"), ("prefix_cache_speedup", "cached / uncached"),
                        ("parallel_speedup", "parallel / 1 process")):
