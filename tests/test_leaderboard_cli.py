@@ -137,6 +137,16 @@ def test_text_pairs_predicted_leaderboard_and_compare(planted, tmp_path):
     predicted = pd.read_csv(run / "leaderboard.csv", keep_default_na=False)
     assert predicted["model"].iloc[0] == "model-3"
     assert "## Comparison" in (run / "report.md").read_text()
+    # the run was trained on other pairs (reusing the same ids): nothing in-sample, nothing said
+    assert metrics["in_sample_pairs"] == 0 and "In-sample" not in (run / "report.md").read_text()
+
+    # judging the run's own training pairs is in-sample: counted, warned about, and in the report
+    own = _lb(tmp_path, "--run", str(cpu_run), "--data", str(cpu_run.parent.parent / "train.csv"), "--name", "own",
+              "--rounds", "2", "--min-battles", "5", "--skip-invalid")
+    _ok(own)
+    own_metrics = json.loads((tmp_path / "runs" / "own" / "metrics.json").read_text())
+    assert own_metrics["in_sample_pairs"] == 160 and "in-sample" in own.output
+    assert "**In-sample:** 160 of the judged pairs" in (tmp_path / "runs" / "own" / "report.md").read_text()
 
     # --compare against a run that is not a leaderboard
     _one_line_error(_lb(tmp_path, "--battles", str(battles), "--name", "x", "--skip-invalid", "--compare",

@@ -72,7 +72,8 @@ def normalize_prompt(text: str) -> str:
     return text[start:end]
 
 
-def _group_key(pair: Pair, group_by: str) -> str:
+def group_key(pair: Pair, group_by: str) -> str:
+    """The ``group`` a split table gives ``pair``: a hash of its normalized prompt (or of its id for ``none``)."""
     if group_by == "none":
         source = "id:" + pair.id
     else:
@@ -120,7 +121,7 @@ def make_splits(pairs: Sequence[Pair], cfg: SplitConfig, seed: int) -> pd.DataFr
     if len(set(ids)) != len(ids):
         dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
         raise DataError(f"duplicate pair id {dup!r}: split tables need unique ids")
-    groups = np.asarray([_group_key(p, cfg.group_by) for p in pairs], dtype=object)
+    groups = np.asarray([group_key(p, cfg.group_by) for p in pairs], dtype=object)
     strata = _strata(pairs)
     folds = np.full(len(pairs), HOLDOUT_FOLD, dtype=int)
 

@@ -72,6 +72,9 @@ class Battles:
     """Rows left out, by reason (``both_bad``, ``self-battle``, ``rare model``, ...)."""
     flags: dict[str, str] = dataclasses.field(default_factory=dict)
     """Model -> why its rating needs care (e.g. few battles)."""
+    in_sample: int = 0
+    """Predicted battles: how many of the judged pairs were in the judging run's own data (trained or validated
+    on), whose predictions are therefore not out-of-sample."""
 
     def __len__(self) -> int:
         return len(self.a)

@@ -183,6 +183,7 @@ def _metrics(cfg: LeaderboardConfig, name: str, lb: Leaderboard) -> dict[str, An
             "features": lb.style.coefficients(),
             "ratings": dict(zip(table["model"], table["style_rating"], strict=True))},
         "compare": lb.comparison,
+        "in_sample_pairs": battles.in_sample,
         "pairwise_fit": {"pairs": len(pairwise) // 2,
                          "weighted_mean_abs_gap": float(np.average(gap, weights=pairwise["battles"])),
                          "max_abs_gap_100_battles": float(np.max(gap[many], initial=0.0))},

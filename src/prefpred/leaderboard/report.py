@@ -72,6 +72,9 @@ def render_leaderboard_report(metrics: Mapping[str, Any], table: pd.DataFrame, p
              "rates are shown for comparison only.", ""]
     if m["dropped"]:
         lines += ["Rows left out: " + ", ".join(f"{r} {n:,}" for r, n in m["dropped"].items()), ""]
+    if m.get("in_sample_pairs"):
+        lines += [f"**In-sample:** {m['in_sample_pairs']:,} of the judged pairs are in the run's own data (trained or "
+                  "validated on): judge held-out pairs for an honest comparison with human votes.", ""]
     if m["flags"]:
         lines += [f"Flagged: {len(m['flags'])} model(s) (see the flag column): too few battles for a reliable rating or interval.", ""]
     lines += ["## Ranking", "", *_ranking(table)]
