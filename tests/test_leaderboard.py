@@ -259,3 +259,31 @@ def test_battles_from_pairs_need_model_names_and_compute_style():
     assert battles.has_style and battles.style_a[0].tolist() == style_counts("## A\n- one\n- two")
     with pytest.raises(DataError, match=r"p\.jsonl, column 'model_a': no model_a/model_b columns"):
         battles_from_pairs([Pair(id="1", turns=turns, label=(1.0, 0.0, 0.0))], path="p.jsonl")
+
+
+@pytest.mark.parametrize("method", ["bt", "style"])
+def test_a_model_missing_from_a_resample_does_not_pin_its_interval(method):
+    """A model with 2 battles is absent from ~13% of bootstrap resamples; there its refit rating is only the
+    fit's default (the mean: exactly 1000), which pinned the style interval's lower end at 1000.0. Those
+    replicates are left out of its interval, and nobody else's changes."""
+    from prefpred.leaderboard.ratings import absent_in, bootstrap_counts
+
+    many = simulate(1500, STRENGTHS, seed=11, style_coef=0.3)
+    rare_a, rare_b = np.array(["rare", "m00"], dtype=object), np.array(["m05", "rare"], dtype=object)
+    names_a = np.concatenate([np.asarray(many.models, dtype=object)[many.a], rare_a])
+    names_b = np.concatenate([np.asarray(many.models, dtype=object)[many.b], rare_b])
+    outcome = np.vstack([many.outcome, [[1, 0, 0], [0, 1, 0]]])  # "rare" won both
+    style_a = np.vstack([many.style_a, [[500, 1, 1, 1], [400, 0, 2, 1]]])
+    style_b = np.vstack([many.style_b, [[450, 2, 1, 0], [700, 1, 1, 1]]])
+    battles = make_battles(names_a, names_b, outcome, style_a=style_a, style_b=style_b,
+                           style_names=many.style_names)
+    rare = battles.models.index("rare")
+    fit = (fit_bt(battles, rounds=60, seed=4) if method == "bt" else fit_style(battles, rounds=60, seed=4).fit)
+    absent = np.array([absent_in(battles, c)[rare] for c in bootstrap_counts(len(battles), 60, 4)])
+    assert 0 < absent.sum() < 60  # the situation: missing from some resamples
+    assert np.isnan(fit.replicates[absent, rare]).all() and not np.isnan(fit.replicates[~absent, rare]).any()
+    low, high = fit.ci
+    assert np.isfinite(low).all() and np.isfinite(high).all()
+    assert low[rare] == pytest.approx(np.percentile(fit.replicates[~absent, rare], 2.5))
+    assert not np.isclose(low[rare], 1000.0)  # not the mean anchor it used to sit on
+    assert not np.isnan(np.delete(fit.replicates, rare, axis=1)).any()  # the others always had battles

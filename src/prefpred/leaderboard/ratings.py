@@ -103,6 +103,15 @@ def bootstrap_counts(n_battles: int, rounds: int, seed: int) -> np.ndarray:
                      for _ in range(rounds)]) if rounds else np.zeros((0, n_battles), dtype=np.int64)
 
 
+def absent_in(battles: Battles, counts: np.ndarray) -> np.ndarray:
+    """Which models have no battle in a bootstrap resample (``counts`` per battle): their rating in that
+    replicate is only the fit's default (the mean, or the regulariser's pull), not an estimate, so it is left out
+    of their interval."""
+    n = battles.n_models
+    return (np.bincount(battles.a, weights=counts, minlength=n) + np.bincount(battles.b, weights=counts,
+                                                                               minlength=n)) == 0
+
+
 def rank_by_intervals(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """1 + the number of models whose lower bound is above this model's upper bound."""
     low, high = np.asarray(low), np.asarray(high)
@@ -124,7 +133,9 @@ class Fit:
         if len(self.replicates) == 0:
             return self.rating.copy(), self.rating.copy()
         tail = 100 * (1 - self.confidence) / 2
-        return (np.percentile(self.replicates, tail, axis=0), np.percentile(self.replicates, 100 - tail, axis=0))
+        # NaN: the model had no battle in that resample (see absent_in), so that replicate says nothing of it
+        return (np.nanpercentile(self.replicates, tail, axis=0),
+                np.nanpercentile(self.replicates, 100 - tail, axis=0))
 
     @property
     def rank(self) -> np.ndarray:
@@ -154,12 +165,15 @@ def fit_bt(battles: Battles, *, rounds: int = 100, seed: int = 0, anchor: str | 
     met = met_matrix(battles)
     point = bt_log_strengths(win_matrix(battles.a, battles.b, wa, wb, n), met)
     reps = np.empty((rounds, n))
+    absent = np.zeros((rounds, n), dtype=bool)
     for r, counts in enumerate(bootstrap_counts(len(battles), rounds, seed)):
         reps[r] = bt_log_strengths(win_matrix(battles.a, battles.b, wa, wb, n, counts), met)
+        absent[r] = absent_in(battles, counts)
         if (r + 1) % 25 == 0:
             logger.debug("bootstrap %d/%d", r + 1, rounds)
-    return Fit(battles.models, to_elo(point, anchor=anchor_i, anchor_rating=anchor_rating),
-               to_elo(reps, anchor=anchor_i, anchor_rating=anchor_rating) if rounds else reps, confidence)
+    elo = to_elo(reps, anchor=anchor_i, anchor_rating=anchor_rating) if rounds else reps
+    elo[absent] = np.nan
+    return Fit(battles.models, to_elo(point, anchor=anchor_i, anchor_rating=anchor_rating), elo, confidence)
 
 
 def online_elo(battles: Battles, *, k: float = 4.0, initial: float = 1000.0) -> np.ndarray:

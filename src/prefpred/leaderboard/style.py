@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from prefpred.leaderboard.battles import Battles
-from prefpred.leaderboard.ratings import ELO_BASE, ELO_SCALE, Fit, bootstrap_counts, to_elo
+from prefpred.leaderboard.ratings import ELO_BASE, ELO_SCALE, Fit, absent_in, bootstrap_counts, to_elo
 from prefpred.types import UserError
 
 logger = logging.getLogger(__name__)
@@ -62,22 +62,32 @@ def _design(battles: Battles, style: np.ndarray) -> np.ndarray:
     return np.hstack([models, style])
 
 
-def _fit(design: np.ndarray, wins_a: np.ndarray, wins_b: np.ndarray) -> np.ndarray:
+def _fit(design: np.ndarray, wins_a: np.ndarray, wins_b: np.ndarray, start: np.ndarray | None = None
+         ) -> tuple[np.ndarray, bool]:
     """Coefficients of the weighted logistic regression, fitted on the battles and their mirror images.
 
     Each battle enters as "A won" (weight ``wins_a``) and "B won" (weight ``wins_b``), and each of those also
     mirrored (``-x``, the other label) at half weight: the objective is unchanged, both classes always exist,
-    and the fit is exactly symmetric under swapping A and B.
+    and the fit is exactly symmetric under swapping A and B. ``start``: coefficients to start from (a bootstrap
+    refit starts at the full fit and converges in a fraction of the iterations). Returns the coefficients and
+    whether lbfgs converged (it may not when a model never lost or never won: only the weak L2 term bounds it).
     """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     x = np.vstack([design, -design, design, -design])
     y = np.concatenate([np.ones(len(design)), np.zeros(len(design)), np.zeros(len(design)), np.ones(len(design))])
     w = np.concatenate([wins_a, wins_a, wins_b, wins_b]) / 2
     use = w > 0
-    model = LogisticRegression(fit_intercept=False, C=C_REG, max_iter=2000, tol=1e-8)
-    model.fit(x[use], y[use], sample_weight=w[use])
-    return model.coef_[0]
+    model = LogisticRegression(fit_intercept=False, C=C_REG, max_iter=2000, tol=1e-8, warm_start=start is not None)
+    if start is not None:
+        model.coef_ = np.asarray(start, dtype=np.float64).reshape(1, -1).copy()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(x[use], y[use], sample_weight=w[use])
+    return model.coef_[0], not any(issubclass(c.category, ConvergenceWarning) for c in caught)
 
 
 @dataclasses.dataclass
@@ -111,10 +121,14 @@ def fit_style(battles: Battles, *, rounds: int = 100, seed: int = 0, anchor: str
     wa, wb = battles.win_weights()
     m = battles.n_models
     anchor_i = None if anchor is None else battles.models.index(anchor)
-    coef = _fit(design, wa, wb)
+    coef, converged = _fit(design, wa, wb)
+    unconverged = 0 if converged else 1
     reps = np.empty((rounds, len(coef)))
+    absent = np.zeros((rounds, m), dtype=bool)
     for r, counts in enumerate(bootstrap_counts(len(battles), rounds, seed)):
-        reps[r] = _fit(design, wa * counts, wb * counts)
+        reps[r], converged = _fit(design, wa * counts, wb * counts, start=coef)
+        unconverged += not converged
+        absent[r] = absent_in(battles, counts)
         if (r + 1) % 10 == 0:
             logger.info("style control bootstrap %d/%d", r + 1, rounds)
 
@@ -122,5 +136,11 @@ def fit_style(battles: Battles, *, rounds: int = 100, seed: int = 0, anchor: str
         return to_elo(c[..., :m] - c[..., :m].mean(axis=-1, keepdims=True), anchor=anchor_i,
                       anchor_rating=anchor_rating)
 
-    fit = Fit(battles.models, ratings(coef), ratings(reps) if rounds else np.empty((0, m)), confidence)
+    if unconverged:
+        logger.warning("style control: %d of %d fits stopped at the iteration limit (a model that never lost or "
+                       "never won has no finite maximum-likelihood rating; see the flagged models)", unconverged,
+                       rounds + 1)
+    rep_ratings = ratings(reps) if rounds else np.empty((0, m))
+    rep_ratings[absent] = np.nan  # a model absent from a resample sits at the regulariser's 0: no estimate
+    fit = Fit(battles.models, ratings(coef), rep_ratings, confidence)
     return StyleFit(fit, features, coef[m:], reps[:, m:], rms)
