@@ -253,6 +253,9 @@ def _segments_table(segments: list[dict[str, Any]]) -> Table:
         table.add_column(col, justify="left" if col in ("segment", "value") else "right")
     for s in segments:
         table.add_row(str(s["segment"]), str(s["value"]), fmt(s["n"]), fmt(s["log_loss"]), fmt(s["accuracy"], 3))
+    from prefpred.analysis import MIN_SEGMENT
+
+    table.caption = f"segments under {MIN_SEGMENT} pairs are left out, so a segment's rows may not add up to n"
     return table
 
 
