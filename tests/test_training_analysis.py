@@ -53,6 +53,10 @@ def test_trl_style_log_history_and_empty():
     assert a["still_falling"] is None  # too few points to tell
     empty = analyze([])
     assert empty["loss_reduction_pct"] is None and empty["n_logged"] == 0
+    never = analyze([{"step": s, "loss": 2.0 - s / 10, "mean_token_accuracy": 0.0} for s in (1, 2, 3)])
+    assert never["max_token_accuracy"] == 0.0
+    text = " ".join(describe(never))  # not "Maximum token accuracy 0.000 at step 1"
+    assert "Token accuracy stayed at 0" in text and "Maximum token accuracy" not in text
 
 
 def test_plot_training_curves_writes_png(tmp_path):

@@ -202,7 +202,9 @@ def describe(analysis: Mapping[str, Any]) -> list[str]:
                      f"({a['first_window_loss']:.4f} -> {a['last_window_loss']:.4f}, windows of {a['window']} "
                      f"logged step(s)); minimum {a['min_loss']:.4f} at step {a['min_loss_step']}.")
     if a.get("max_token_accuracy") is not None:
-        lines.append(f"Maximum token accuracy {a['max_token_accuracy']:.3f} at step {a['max_token_accuracy_step']}.")
+        lines.append("Token accuracy stayed at 0 (the label token never came out on top)." if
+                     a["max_token_accuracy"] == 0 else
+                     f"Maximum token accuracy {a['max_token_accuracy']:.3f} at step {a['max_token_accuracy_step']}.")
     if a.get("still_falling") is not None:
         lines.append("Train loss was still falling at the end (more steps may help)." if a["still_falling"]
                      else "Train loss had levelled off by the end.")

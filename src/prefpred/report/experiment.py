@@ -51,7 +51,7 @@ def comparison_sentence(c: Mapping[str, Any]) -> list[str]:
 
     return [f"accuracy {fmt(c['accuracy_gain'], 4, True)} ({_ci(c.get('accuracy_gain_ci95'))}): "
             f"{verdict(acc_noise, c['accuracy_gain'] > 0)}",
-            f"log loss {fmt(-c['log_loss_reduction'], 4, True)} (reduction {fmt(c['log_loss_reduction'], 4, True)}, "
+            f"log loss change {fmt(-c['log_loss_reduction'], 4, True)} (lower is better; reduction "
             f"{_ci(c.get('log_loss_reduction_ci95'))}): {verdict(ll_noise, c['log_loss_reduction'] > 0)}"]
 
 
