@@ -14,6 +14,8 @@ chosen ``anchor`` model sits at ``anchor_rating``. Bootstrap intervals resample 
 (multinomial counts per battle, seeded), refit, and take percentiles; rank = 1 + the number of models whose
 lower bound is above this model's upper bound (Chatbot Arena's rule). Each replicate is anchored like the point
 estimate, so with an ``anchor`` model its interval is a point and every other interval carries its uncertainty.
+A model with no battle in a resample (likely for a model with a handful of battles) has no estimate there, only
+the fit's default, so that replicate is left out of its interval (:func:`absent_in`).
 
 Limits: BT assumes one strength per model, independent of prompt and of the opponent; intervals are marginal
 (per model), not simultaneous. Online Elo (:func:`online_elo`) depends on the battles' order and is shown only
