@@ -394,3 +394,22 @@ def test_kernels_offline_chatter_is_quiet_after_setup():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "publisher trust" not in out.stderr and "kernel errors still show" in out.stderr
+
+
+@pytest.mark.parametrize("cmd", ["split", "predict", "evaluate", "judge"])
+def test_no_command_writes_over_its_own_input_even_with_force(files, tmp_path, cmd):
+    """`split --data x.csv --out x.csv --force` replaced the data with a split table, and predict with a
+    submission: --force allows replacing an old output, never the input."""
+    import shutil
+
+    data = tmp_path / "data.csv"
+    shutil.copyfile(files["test" if cmd in ("predict", "judge") else "train"], data)
+    before = data.read_bytes()
+    args = {"split": ["split", "--data", str(data), "--out", str(data), "--force"],
+            "predict": ["predict", "--run", str(files["run"]), "--data", str(data), "--out", str(data), "--force"],
+            "evaluate": ["evaluate", "--pred", str(files["pred"]), "--data", str(data), "--out", str(data),
+                         "--force"],
+            "judge": ["judge", "--model", "tiny:qwen2", "--data", str(data), "--out", f"{tmp_path}/./data.csv",
+                      "--force"]}[cmd]
+    _one_line_error(runner.invoke(app, args), "is the input file", "choose another output path")
+    assert data.read_bytes() == before

@@ -9,7 +9,7 @@ import os
 import random
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,27 @@ def umask_mode(mode: int = 0o666) -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mode & ~mask
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file (links and relative spellings included; by path when either is missing)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return a.samefile(b)
+    return a.resolve() == b.resolve()
+
+
+def check_output(out: str | Path, *, force: bool, inputs: Sequence[str | Path | None] = (),
+                 option: str = "--out") -> None:
+    """Refuse, before any work, to write ``out`` over one of the command's ``inputs`` (never, even with
+    ``--force``) or over an existing file without ``force``."""
+    from prefpred.types import UserError
+
+    for inp in inputs:
+        if inp is not None and Path(inp).is_file() and same_file(out, inp):
+            raise UserError(f"{option} {out} is the input file {inp}: choose another output path")
+    if Path(out).exists() and not force:
+        raise FileExistsError(f"{out} exists (use --force to overwrite)")
 
 
 def follow_umask(folder: str | Path) -> None:

@@ -51,8 +51,10 @@ def judge(
     get_style(style)  # unknown style: one line, exit 2, before anything is loaded
     if limit is not None and limit < 1:
         raise UserError("--limit must be >= 1")
-    if out is not None and out.exists() and not force:
-        raise FileExistsError(f"{out} exists (use --force to overwrite)")
+    if out is not None:
+        from prefpred.utils import check_output
+
+        check_output(out, force=force, inputs=[data])
     pairs = load_pairs(data, format=data_format, limit=limit)
     if not pairs:
         raise UserError(f"{data}: no pairs to judge")

@@ -111,9 +111,9 @@ def split_cmd(
     """Write a leak-free split table (id,fold,group; fold -1 is the holdout) grouped by prompt."""
     from prefpred.data import load_pairs
     from prefpred.splits import HOLDOUT_FOLD, SplitConfig, make_splits, save_splits
+    from prefpred.utils import check_output
 
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists (use --force to overwrite)")
+    check_output(out, force=force, inputs=[data])  # never the data file itself, even with --force
     pairs = load_pairs(data, skip_invalid=skip_invalid, seed=seed)
     table = make_splits(pairs, SplitConfig(n_folds=folds, holdout_fraction=holdout, group_by=group_by), seed)
     save_splits(table, out)
@@ -135,9 +135,9 @@ def predict_cmd(
     from prefpred.data import load_pairs
     from prefpred.runs import load_predictor
     from prefpred.submission import write_submission
+    from prefpred.utils import check_output
 
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists (use --force to overwrite)")
+    check_output(out, force=force, inputs=[data])  # never the data file itself, even with --force
     predictor = load_predictor(run, calibrated=not raw)  # refuses incomplete or damaged runs in one line
     pairs = load_pairs(data, skip_invalid=skip_invalid)
     proba = predictor.predict_proba(pairs)
@@ -172,8 +172,10 @@ def evaluate_cmd(
     """
     from prefpred.types import UserError
 
-    if out is not None and out.exists() and not force:
-        raise FileExistsError(f"{out} exists (use --force to overwrite)")
+    if out is not None:
+        from prefpred.utils import check_output
+
+        check_output(out, force=force, inputs=[pred, data])
     if plots is not None and not force:  # checked before any work (--plots may name a run directory)
         for name in (SUITE_PLOT,) if suite else EVAL_PLOTS:
             if (plots / name).exists():

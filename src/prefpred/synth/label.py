@@ -41,7 +41,7 @@ from prefpred.synth.schema import (
     parse_answer,
 )
 from prefpred.types import ConfigError, Pair
-from prefpred.utils import atomic_path
+from prefpred.utils import atomic_path, same_file
 
 logger = logging.getLogger(__name__)
 
@@ -154,22 +154,16 @@ def check_outputs(out: str | Path | None, *, force: bool, inputs: Sequence[str |
         return
     out = Path(out)
     for inp in inputs:
-        if _same_file(out, Path(inp)):
+        if same_file(out, Path(inp)):
             raise ConfigError(f"--out {out} is the input file {inp}: choose another output path")
-        if cache_path is not None and _same_file(Path(cache_path), Path(inp)):
+        if cache_path is not None and same_file(Path(cache_path), Path(inp)):
             raise ConfigError(f"--cache {cache_path} is the input file {inp}: choose another cache path")
-    if cache_path is not None and _same_file(Path(cache_path), out):
+    if cache_path is not None and same_file(Path(cache_path), out):
         raise ConfigError(f"--cache {cache_path} is the output file: choose another cache path")
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists (use --force to overwrite it; the answer cache keeps finished work)")
     if out.exists() and out.is_dir():
         raise ConfigError(f"--out {out} is a directory: give a file path")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return a.samefile(b)
-    return a.resolve() == b.resolve()
 
 
 def write_labels(pairs: Sequence[Pair], teacher: str, cache: AnswerCache, out: str | Path,
