@@ -281,3 +281,32 @@ def test_a_bad_row_in_a_training_file_says_how_to_see_them_all_and_skip_them(tmp
     with pytest.raises(DataError, match="row 4") as err:  # the library raises the same DataError
         load_pairs(path)
     assert err.value.row == 4 and err.value.column == "prompt"
+
+
+@pytest.mark.parametrize("weight", ["NaN", "Infinity", "-1", '"heavy"'])
+def test_bad_pair_weights_are_row_errors(tmp_path, weight):
+    """NaN, infinite or negative weights passed `data validate` and failed later in training without a row."""
+    path = tmp_path / "w.jsonl"
+    path.write_text('{"id": "1", "prompt": ["q"], "response_a": ["a"], "response_b": ["b"], "label": "a", '
+                    f'"weight": {weight}}}\n', encoding="utf-8")
+    line = _error_line(runner.invoke(app, ["data", "validate", str(path)]))
+    assert "row 1, column 'weight'" in line and "finite number >= 0" in line
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf"])
+def test_extra_weight_must_be_finite_and_not_negative(tmp_path, value):
+    data = _arena_csv(tmp_path, n=40)
+    line = _error_line(runner.invoke(app, ["run", "--data", str(data), "--extra-data", str(data), "--extra-weight",
+                                           value, "--out", str(tmp_path / "runs")]))
+    assert "extra_weight" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_extra_data_without_text_is_refused_like_data(tmp_path):
+    """A votes file as --extra-data trained every fold on 135k pairs of empty text."""
+    data = _arena_csv(tmp_path, n=40)
+    votes = tmp_path / "votes.csv"
+    votes.write_text("id,model_a,model_b,winner\n" + "".join(f"v{i},x,y,model_a\n" for i in range(30)))
+    line = _error_line(runner.invoke(app, ["run", "--data", str(data), "--extra-data", str(votes), "--out",
+                                           str(tmp_path / "runs")]))
+    assert str(votes) in line and "no prompt/response text" in line

@@ -150,8 +150,8 @@ class DataConfig:
     """Drop invalid rows (and report them) instead of failing on the first one."""
     extra_path: str | None = None
     """Optional extra (e.g. teacher-labelled) pairs mixed into training only."""
-    extra_weight: float = 1.0
-    """Sample weight of the extra pairs."""
+    extra_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
+    """Sample weight of the extra pairs (finite, >= 0)."""
 
 
 @config_dataclass

@@ -222,6 +222,8 @@ def load_extra(cfg: DataConfig, *, seed: int = 0) -> list[Pair]:
     if not cfg.extra_path:
         return []
     res = read_pairs(cfg.extra_path, skip_invalid=cfg.skip_invalid, seed=seed)
+    if res.pairs and not has_text(res.pairs):  # votes only: as refused for --data, never trained on as empty text
+        raise DataError(no_text_message(res), path=res.path)
     labelled = [p for p in res.pairs if p.label is not None]
     if len(labelled) < len(res.pairs):
         logger.warning("%s: %d extra row(s) without a label left out", cfg.extra_path,
