@@ -122,6 +122,18 @@ def test_qlora_trains_a_few_steps_on_cpu_and_reloads(tmp_path):
     np.testing.assert_allclose(again.predict_proba(pairs), m.predict_proba(pairs), atol=1e-5)
 
 
+def test_qlora_on_a_model_too_narrow_for_the_cpu_kernels_is_one_clear_error(tiny_qwen_dir):
+    """tiny:qwen2 is 32 wide: bitsandbytes' CPU kernels failed at the first evaluation with a reshape traceback."""
+    reason = _bnb_quantizes_here()
+    if reason:
+        pytest.skip(reason)
+    from prefpred.hf import load_causal_lm
+    from prefpred.types import ConfigError
+
+    with pytest.raises(ConfigError, match=r"multiple of 64 .* \[32\]: use method lora"):
+        load_causal_lm(str(tiny_qwen_dir), device="cpu", dtype="float32", load_in_4bit=True)
+
+
 def test_minilm_encoder_classifier_lora(tmp_path):
     from prefpred.hf import minilm_path
 

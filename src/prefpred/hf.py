@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prefpred.types import MissingDependencyError, UserError
+from prefpred.types import ConfigError, MissingDependencyError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,22 @@ def quantization_config(load_in_4bit: bool, compute_dtype=None):
     )
 
 
+CPU_4BIT_BLOCK = 64
+"""bitsandbytes' CPU 4-bit kernels work on blocks of this many input features."""
+
+
+def check_cpu_4bit(model, name_or_path: str) -> None:
+    """Refuse, in one line, a 4-bit model whose quantized layers the CPU kernels cannot run: bitsandbytes' CPU path
+    needs every quantized linear layer's input width to be a multiple of its 64-wide block (``tiny:qwen2`` is 32
+    wide), and otherwise fails at the first forward pass with a reshape traceback."""
+    narrow = sorted({m.in_features for m in model.modules() if type(m).__name__ == "Linear4bit"
+                     and m.in_features % CPU_4BIT_BLOCK})
+    if narrow:
+        raise ConfigError(f"{name_or_path}: 4-bit (QLoRA) on CPU needs linear layers whose input width is a multiple "
+                          f"of {CPU_4BIT_BLOCK} (bitsandbytes' CPU block); this model has {narrow[:4]}: use "
+                          "method lora (or a GPU)")
+
+
 def _load(auto_cls, name_or_path: str, *, device: str | None, dtype: str | None, load_in_4bit: bool,
           **kwargs: Any):
     name_or_path = resolve_model_path(name_or_path)
@@ -116,6 +132,8 @@ def _load(auto_cls, name_or_path: str, *, device: str | None, dtype: str | None,
         raise _friendly_load_error(name_or_path, e) from e
     if qcfg is None:
         model = model.to(device)
+    elif device == "cpu":
+        check_cpu_4bit(model, name_or_path)
     logger.info("loaded %s on %s (%s%s)", name_or_path, device, str(torch_dtype).replace("torch.", ""),
                 ", 4-bit NF4" if qcfg is not None else "")
     return model
