@@ -53,6 +53,10 @@ def test_suite_file_paths_relative_and_shared(tmp_path, monkeypatch):
     (tmp_path / "bad.yaml").write_text("datasets:\n  - {name: a}\n")
     with pytest.raises(ConfigError, match="needs at least a 'path'"):
         load_suite(tmp_path / "bad.yaml")
+    # a format typo is an error, not a set quietly skipped with exit 0
+    (tmp_path / "typo.yaml").write_text("datasets:\n  - {name: a, path: local.jsonl, format: llmbarr}\n")
+    with pytest.raises(ConfigError, match=r"dataset 1 has unknown format 'llmbarr' \(auto, .*llmbar"):
+        load_suite(tmp_path / "typo.yaml")
 
 
 def test_nontie_accuracy_and_ci():

@@ -79,6 +79,14 @@ def _resolve(raw: str, base: Path | None) -> tuple[Path | None, str | None]:
     return (path, None) if path.exists() else (None, f"{path} not found")
 
 
+def _formats() -> set[str]:
+    """The reader names ``format`` may take (importing :mod:`prefpred.data` registers them)."""
+    import prefpred.data  # noqa: F401
+    from prefpred.data_io import READERS
+
+    return set(READERS)
+
+
 def _entries(items: Sequence[Any], where: str, base: Path | None) -> list[SuiteEntry]:
     out: list[SuiteEntry] = []
     for i, item in enumerate(items, start=1):
@@ -87,9 +95,13 @@ def _entries(items: Sequence[Any], where: str, base: Path | None) -> list[SuiteE
         unknown = set(item) - {"name", "path", "format"}
         if unknown:
             raise ConfigError(f"{where}: dataset {i} has unknown key(s) {sorted(unknown)} (name, path, format)")
+        fmt = str(item.get("format") or "auto")
+        known = _formats()
+        if fmt != "auto" and fmt not in known:  # a typo would otherwise drop the set from the table
+            raise ConfigError(f"{where}: dataset {i} has unknown format {fmt!r} (auto, {', '.join(sorted(known))})")
         path, note = _resolve(str(item["path"]), base)
         name = str(item.get("name") or Path(str(item["path"])).stem)
-        out.append(SuiteEntry(name, path, str(item.get("format") or "auto"), note))
+        out.append(SuiteEntry(name, path, fmt, note))
     names = [e.name for e in out]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
