@@ -113,3 +113,34 @@ def test_bad_run_names_are_refused(tmp_path):
     for name in ("", ".", "..", "a/b", ".hidden"):
         with pytest.raises(Exception, match="plain folder name"), new_run_dir(tmp_path, name):
             pass
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_half_written_run(tmp_path):
+    """`kill` (SIGTERM) left runs/.NAME.*.tmp behind (only Ctrl+C cleaned up): it now unwinds the same way."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from prefpred.data import write_pairs_jsonl
+    from prefpred.testing import planted_pairs
+
+    data = write_pairs_jsonl(planted_pairs(3000, seed=5), tmp_path / "pairs.jsonl")
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "prefpred", "run", "--data", str(data), "--out", str(out),
+                             "--name", "k", "--folds", "5"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".k.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(out.glob(".k.*.tmp")), "the run never started writing"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err
+    assert not list(out.glob(".k.*")) and not (out / "k").exists()  # nothing half-written is left
