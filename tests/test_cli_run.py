@@ -173,3 +173,25 @@ def test_split_command(files):
     assert len(rows) == 120 and {r["fold"] for r in rows} == {"-1", "0", "1", "2", "3"}
     result = runner.invoke(app, ["split", "--data", str(train), "--out", str(out)])
     assert result.exit_code == 2 and "exists" in result.output
+
+
+def test_evaluate_says_when_pairs_are_the_runs_own_training_data(files, run_dir):
+    """`evaluate --run R --data <its training file>` reported 0.95 log loss for a 1.02 model without a word."""
+    d, train, _ = files
+    splits = list(csv.DictReader((run_dir / "splits.csv").open()))
+    trained = sum(1 for r in splits if r["fold"] != "-1")
+    out = d / "own.json"
+    result = runner.invoke(app, ["evaluate", "--run", str(run_dir), "--data", str(train), "--out", str(out),
+                                 "--force"])
+    _ok(result)
+    assert json.loads(out.read_text())["in_sample_pairs"] == trained < 120  # the holdout rows are not counted
+    assert f"{trained} of the 120 scored pairs are in" in " ".join(result.output.split())
+    suite = runner.invoke(app, ["evaluate", "--run", str(run_dir), "--suite", str(train), "--no-swap"])
+    _ok(suite)
+    assert f"{train.stem} {trained} of 120" in " ".join(suite.output.split())  # the suite row is flagged too
+    other = d / "other.csv"
+    write_arena_csv([p.__class__(id=f"o{p.id}", turns=p.turns, label=p.label) for p in planted_pairs(30, seed=77)],
+                    other)
+    clean = runner.invoke(app, ["evaluate", "--run", str(run_dir), "--data", str(other)])
+    _ok(clean)
+    assert "own data" not in clean.output

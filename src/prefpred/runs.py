@@ -270,3 +270,25 @@ def _import_run_kinds() -> None:
 
 RUN_KIND_MODULES: tuple[str, ...] = ("prefpred.ensemble",)
 """Modules that call :func:`register_predictor` for their run kinds (e.g. ensembles), imported on demand."""
+
+
+def run_overlap(run_dir: str | Path, pairs: Sequence[Pair]) -> int:
+    """How many of ``pairs`` the run trained or validated on: in its ``splits.csv`` outside the holdout (fold -1,
+    never trained on), with the same id and the same prompt (or id) group, so a reused id of another pair does not
+    count. 0 for runs without one (a zero-shot judge)."""
+    import pandas as pd
+
+    from prefpred.splits import HOLDOUT_FOLD, group_key
+
+    splits = Path(run_dir) / "splits.csv"
+    if not splits.is_file():
+        return 0
+    try:
+        table = pd.read_csv(splits, dtype={"id": str, "group": str}, usecols=["id", "fold", "group"],
+                            keep_default_na=False)
+        table = table[pd.to_numeric(table["fold"], errors="coerce") != HOLDOUT_FOLD]
+    except (ValueError, KeyError, OSError, pd.errors.ParserError):  # a foreign or damaged file: no claim
+        return 0
+    own = set(zip(table["id"], table["group"], strict=True))
+    return sum(1 for p in pairs
+               if (p.id, group_key(p, "prompt")) in own or (p.id, group_key(p, "none")) in own)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,9 +176,11 @@ def score_set(name: str, pairs: Sequence[Pair], proba: np.ndarray, swapped: np.n
 
 
 def run_suite(predictor: Any, entries: Sequence[SuiteEntry], *, first: tuple[str, list[Pair]] | None = None,
-              swap: bool = True, n_boot: int = 1000, seed: int = 0) -> tuple[list[dict[str, Any]], list[str]]:
+              swap: bool = True, n_boot: int = 1000, seed: int = 0,
+              in_sample: Callable[[list[Pair]], int] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """Score ``predictor`` on every set (``first``: an extra ``(name, pairs)`` set scored first, e.g. the run's
-    Arena holdout). Returns the rows and notes on the sets that were skipped."""
+    Arena holdout). ``in_sample(pairs)``: how many of a set's pairs the model trained on (``row["in_sample"]``).
+    Returns the rows and notes on the sets that were skipped."""
     from prefpred.data import load_pairs
 
     rows: list[dict[str, Any]] = []
@@ -206,6 +208,8 @@ def run_suite(predictor: Any, entries: Sequence[SuiteEntry], *, first: tuple[str
         proba = np.asarray(predictor.predict_proba(pairs), dtype=np.float64)
         swapped = np.asarray(predictor.predict_proba([p.swapped() for p in pairs])) if swap else None
         row = score_set(name, pairs, proba, swapped, n_boot=n_boot, seed=seed)
+        if in_sample is not None:
+            row["in_sample"] = in_sample(pairs)
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
     return rows, notes

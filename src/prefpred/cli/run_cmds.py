@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +225,8 @@ def _evaluate_one(pred: Path | None, data: str | None, run: Path | None, *, raw:
             swapped = predictor.predict_proba([p.swapped() for p in m.pairs])
         title = f"{run} on {data}"
     metrics = score(m.pairs, m.proba, swapped=swapped, coverage=m.coverage, on=title)
+    if run is not None:
+        _flag_in_sample(metrics, run, m.pairs)
     console.print(escape(title), style="bold", soft_wrap=True)  # a path on one line, not wrapped over a narrow table
     table = Table()
     table.add_column("metric")
@@ -247,6 +250,18 @@ def _evaluate_one(pred: Path | None, data: str | None, run: Path | None, *, raw:
         plot_segment_log_loss(metrics["segments"], segments)
         console.print(f"plots -> {plots}")
     return metrics
+
+
+def _flag_in_sample(metrics: dict[str, Any], run: Path, pairs: Sequence[Any]) -> None:
+    """Count (in ``metrics``) and say in one line how many scored pairs the run itself trained or validated on."""
+    from prefpred.runs import run_overlap
+
+    n = run_overlap(run, pairs)
+    metrics["in_sample_pairs"] = n
+    if n:
+        console.print(f"[yellow]{n:,} of the {len(pairs):,} scored pairs are in {run}'s own data (trained or "
+                      "validated on): these numbers are optimistic; its holdout.csv is the honest score[/yellow]",
+                      soft_wrap=True)
 
 
 def _segments_table(segments: list[dict[str, Any]]) -> Table:
@@ -285,7 +300,13 @@ def _evaluate_suite(run: Path, specs: list[str], *, raw: bool, swap: bool, plots
     predictor = load_predictor(run, calibrated=not raw)
     entries = resolve_suites(specs)
     holdout = run_holdout(run)
-    rows, notes = run_suite(predictor, entries, first=holdout, swap=swap)
+    from prefpred.runs import run_overlap
+
+    rows, notes = run_suite(predictor, entries, first=holdout, swap=swap,
+                            in_sample=lambda pairs: run_overlap(run, pairs))
+    own = [f"{r['dataset']} {r['in_sample']:,} of {r['n']:,}" for r in rows if r.get("in_sample")]
+    if own:
+        notes.insert(0, "[yellow]in the run's own training data (optimistic rows): " + ", ".join(own) + "[/yellow]")
     if holdout is None:
         notes.insert(0, "run-holdout: skipped (the run has no holdout rows, or its data file is gone)")
     table = Table(title=f"{run}: agreement with human labels")

@@ -53,6 +53,8 @@ def predicted_battles(run_dir: str | Path, data: str | Path, *, skip_invalid: bo
     battles = battles_from_pairs(pairs, path=str(data), outcome=proba, skip_invalid=skip_invalid)
     for reason, n in res.drop_summary().items():
         battles.dropped[reason] = battles.dropped.get(reason, 0) + n
+    from prefpred.runs import run_overlap
+
     battles.in_sample = run_overlap(run_dir, pairs)
     if battles.in_sample:
         logger.warning("%d of %d pairs are in %s's own data (trained or validated on): their predictions are "
@@ -61,21 +63,6 @@ def predicted_battles(run_dir: str | Path, data: str | Path, *, skip_invalid: bo
     return battles
 
 
-def run_overlap(run_dir: str | Path, pairs: list) -> int:
-    """How many of ``pairs`` are in the run's own data: the same id with the same prompt (or id) group in its
-    ``splits.csv``, so a reused id of another pair does not count. 0 for runs without one (a zero-shot judge)."""
-    from prefpred.splits import group_key
-
-    splits = Path(run_dir) / "splits.csv"
-    if not splits.is_file():
-        return 0
-    try:
-        table = pd.read_csv(splits, dtype={"id": str, "group": str}, usecols=["id", "group"], keep_default_na=False)
-    except (ValueError, KeyError, OSError, pd.errors.ParserError):  # a foreign or damaged file: no claim
-        return 0
-    own = set(zip(table["id"], table["group"], strict=True))
-    return sum(1 for p in pairs
-               if (p.id, group_key(p, "prompt")) in own or (p.id, group_key(p, "none")) in own)
 
 
 def read_leaderboard(path: str | Path) -> pd.DataFrame:
