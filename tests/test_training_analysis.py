@@ -57,6 +57,8 @@ def test_trl_style_log_history_and_empty():
     assert never["max_token_accuracy"] == 0.0
     text = " ".join(describe(never))  # not "Maximum token accuracy 0.000 at step 1"
     assert "Token accuracy stayed at 0" in text and "Maximum token accuracy" not in text
+    rising = " ".join(describe(analyze([{"step": s, "loss": 1.0 + s / 10} for s in range(1, 11)])))
+    assert "Train loss rose" in rising and "fell -" not in rising  # was "fell -2.1%"
 
 
 def test_plot_training_curves_writes_png(tmp_path):

@@ -109,8 +109,8 @@ def json_list_cell(raw: Any, *, path: str, row: int, column: str) -> list[str]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"cell is not valid JSON ({e.msg} at char {e.pos})", path=path, row=row,
-                        column=column) from None
+        raise DataError(f"cell is not valid JSON ({e.msg}, char {e.pos}); expected a JSON list of turns such as "
+                        '["Hello"]', path=path, row=row, column=column) from None
     if isinstance(value, str):
         return [clean_text(value)]
     if not isinstance(value, list):

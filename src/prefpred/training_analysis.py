@@ -198,7 +198,8 @@ def describe(analysis: Mapping[str, Any]) -> list[str]:
     a = analysis
     lines = []
     if a.get("loss_reduction_pct") is not None:
-        lines.append(f"Train loss fell {a['loss_reduction_pct']:.1f}% from the first to the last logged window "
+        change = "fell" if a["loss_reduction_pct"] >= 0 else "rose"
+        lines.append(f"Train loss {change} {abs(a['loss_reduction_pct']):.1f}% from the first to the last logged window "
                      f"({a['first_window_loss']:.4f} -> {a['last_window_loss']:.4f}, windows of {a['window']} "
                      f"logged step(s)); minimum {a['min_loss']:.4f} at step {a['min_loss_step']}.")
     if a.get("max_token_accuracy") is not None:
