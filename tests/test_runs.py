@@ -109,6 +109,18 @@ def test_damaged_runs_are_refused_in_one_line(tmp_path, damage):
     assert "\n" not in line and str(run) in line
 
 
+def test_an_unfinished_in_place_run_is_named_incomplete_not_foreign(tmp_path):
+    """A `train` stopped before its metrics: predict said "not a prefpred run directory"."""
+    run = tmp_path / "t"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(RunError, match="incomplete run .* run the same command again"):
+        load_predictor(run)
+    (run / "config.yaml").unlink()
+    with pytest.raises(RunError, match="not a prefpred run directory"):
+        load_predictor(run)
+
+
 def test_bad_run_names_are_refused(tmp_path):
     for name in ("", ".", "..", "a/b", ".hidden"):
         with pytest.raises(Exception, match="plain folder name"), new_run_dir(tmp_path, name):

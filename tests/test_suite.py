@@ -14,7 +14,7 @@ from prefpred.cli import app
 from prefpred.data import write_arena_csv, write_pairs_jsonl
 from prefpred.suite import DEFAULT_SUITE, bootstrap_ci, load_suite, nontie_correct, run_suite, score_set
 from prefpred.testing import planted_pairs
-from prefpred.types import ConfigError
+from prefpred.types import ConfigError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -53,6 +53,8 @@ def test_suite_file_paths_relative_and_shared(tmp_path, monkeypatch):
     (tmp_path / "bad.yaml").write_text("datasets:\n  - {name: a}\n")
     with pytest.raises(ConfigError, match="needs at least a 'path'"):
         load_suite(tmp_path / "bad.yaml")
+    with pytest.raises(UserError, match="suite file not found"):
+        load_suite(tmp_path / "nope.yaml")
     # a format typo is an error, not a set quietly skipped with exit 0
     (tmp_path / "typo.yaml").write_text("datasets:\n  - {name: a, path: local.jsonl, format: llmbarr}\n")
     with pytest.raises(ConfigError, match=r"dataset 1 has unknown format 'llmbarr' \(auto, .*llmbar"):

@@ -172,6 +172,9 @@ def read_run(run_dir: str | Path) -> RunInfo:
         raise RunError(f"{run_dir}: no such run directory")
     path = run_dir / METRICS_FILE
     if not path.is_file():
+        if (run_dir / "config.yaml").is_file():  # a job that trains in place, stopped before it finished
+            raise RunError(f"{run_dir}: incomplete run (it stopped before writing {METRICS_FILE}; run the same "
+                           "command again to resume or start over, or --force to replace it)")
         raise RunError(f"{run_dir}: not a prefpred run directory (no {METRICS_FILE})")
     if not is_complete(run_dir):
         raise RunError(f"{run_dir}: incomplete run (interrupted or still running; no {COMPLETE_MARKER} marker)")

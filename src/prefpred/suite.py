@@ -117,6 +117,9 @@ def load_suite(spec: str | Path) -> list[SuiteEntry]:
     if path.suffix.lower() in (".yaml", ".yml"):
         from prefpred.config import read_yaml
 
+        if not path.is_file():
+            raise UserError(f"--suite {spec}: suite file not found")
+
         doc = read_yaml(path)
         items = doc.get("datasets") if isinstance(doc, dict) else None
         if not isinstance(items, list) or not items:
