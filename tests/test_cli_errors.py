@@ -413,3 +413,17 @@ def test_no_command_writes_over_its_own_input_even_with_force(files, tmp_path, c
                       "--force"]}[cmd]
     _one_line_error(runner.invoke(app, args), "is the input file", "choose another output path")
     assert data.read_bytes() == before
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`prefpred experiment --help | head -12` ended with "Error: Broken pipe" on stderr."""
+    import shlex
+
+    err = tmp_path / "err.txt"
+    env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(os.path.dirname(__file__)), "src"),
+           "COLUMNS": "120"}
+    cmd = (f"{shlex.quote(sys.executable)} -m prefpred experiment --help 2>{shlex.quote(str(err))} "
+           "| head -12 >/dev/null")
+    subprocess.run(["bash", "-c", cmd], env=env, timeout=60, check=True)
+    text = err.read_text(errors="replace")
+    assert "Broken pipe" not in text and "Traceback" not in text and "Error" not in text, text

@@ -88,6 +88,9 @@ class _PrefpredGroup(TyperGroup):
         except UserError as e:
             logger.debug("user error", exc_info=True)
             _fail(e.one_line())
+        except BrokenPipeError:  # `prefpred ... | head` closed the pipe: stop quietly, as other tools do
+            _silence_stdout()
+            raise typer.Exit(1) from None
         except OSError as e:  # read-only folder, full disk, missing file, path under a file, ...
             logger.debug("OS error", exc_info=True)
             _fail(os_error_line(e))
@@ -130,6 +133,18 @@ def printable_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
                    for c in text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's own flush at exit does not fail on the closed pipe again."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (captured): nothing to silence
+        pass
 
 
 def _fail(message: str) -> None:

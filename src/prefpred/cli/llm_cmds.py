@@ -41,6 +41,7 @@ def train_cmd(
 
     An interrupted run started again with the same --name resumes from its last checkpoint. Several GPUs:
     accelerate launch --config_file configs/accelerate/ddp.yaml -m prefpred train --config ...
+    Defaults shown are prefpred's own; a --config file's values replace them, and options and --set replace both.
     """
     options = dict(locals())  # the option values, before any other local exists
     import json
@@ -105,7 +106,10 @@ def experiment_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name."),
 ) -> None:
     """The study end to end: split, base model zero-shot, LoRA/QLoRA fine-tune, fine-tuned model, CPU model,
-    side by side with confidence intervals (report.md, model_comparison.png)."""
+    side by side with confidence intervals (report.md, model_comparison.png).
+
+    Defaults shown are prefpred's own; a --config file's values replace them, and options and --set replace both.
+    """
     options = dict(locals())  # the option values, before any other local exists
     import json
     from pathlib import Path

@@ -81,7 +81,10 @@ def run_cmd(
                                         "(repeatable)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing run directory of the same name."),
 ) -> None:
-    """Cross-validate the CPU model, score OOF and holdout, refit, and write a run directory."""
+    """Cross-validate the CPU model, score OOF and holdout, refit, and write a run directory.
+
+    Defaults shown are prefpred's own; a --config file's values replace them, and options and --set replace both.
+    """
     options = dict(locals())  # the option values, before any other local exists
     from prefpred.config import load_config, option_overrides, parse_set
     from prefpred.pipeline import RunConfig, run_job
