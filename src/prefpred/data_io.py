@@ -176,8 +176,7 @@ class Rows:
                                 path=self.path, row=row, column="id")
         except DataError as e:
             if not self.skip_invalid:
-                e.message += row_hint(self.path)
-                raise DataError(e.message, path=e.path, row=e.row, column=e.column) from None
+                raise DataError(e.message + row_hint(self.path), path=e.path, row=e.row, column=e.column) from None
             self.dropped.append(e)
             return
         self._seen[pair.id] = row

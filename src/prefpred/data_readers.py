@@ -312,7 +312,7 @@ def read_prefpred_jsonl(path: Path, *, skip_invalid: bool = False, **_: Any) -> 
                 weight = math.nan
             if not (math.isfinite(weight) and weight >= 0):  # NaN, inf and negatives would poison training
                 raise DataError(f"weight must be a finite number >= 0, got {show(obj.get('weight'))}",
-                                path=str(path), row=i, column="weight") from None
+                                path=str(path), row=i, column="weight")
             return Pair(id=str(obj["id"]), turns=turns, label=_soft_label(obj.get("label"), path=str(path), row=i),
                         model_a=_opt(obj.get("model_a")), model_b=_opt(obj.get("model_b")),
                         source=str(obj.get("source", "prefpred")), weight=weight,

@@ -276,22 +276,34 @@ RUN_KIND_MODULES: tuple[str, ...] = ("prefpred.ensemble",)
 
 
 def run_overlap(run_dir: str | Path, pairs: Sequence[Pair]) -> int:
-    """How many of ``pairs`` the run trained or validated on: in its ``splits.csv`` outside the holdout (fold -1,
-    never trained on), with the same id and the same prompt (or id) group, so a reused id of another pair does not
-    count. 0 for runs without one (a zero-shot judge)."""
+    """How many of ``pairs`` the run trained or validated on (see :func:`training_keys`)."""
+    return count_in(training_keys(run_dir), pairs)
+
+
+def training_keys(run_dir: str | Path) -> frozenset[tuple[str, str]]:
+    """``(id, group)`` of every pair the run trained or validated on: its ``splits.csv`` outside the holdout (fold
+    -1, never trained on). Empty for runs without one (a zero-shot judge) or with a foreign or damaged one."""
     import pandas as pd
 
-    from prefpred.splits import HOLDOUT_FOLD, group_key
+    from prefpred.splits import HOLDOUT_FOLD
 
     splits = Path(run_dir) / "splits.csv"
     if not splits.is_file():
-        return 0
+        return frozenset()
     try:
         table = pd.read_csv(splits, dtype={"id": str, "group": str}, usecols=["id", "fold", "group"],
                             keep_default_na=False)
         table = table[pd.to_numeric(table["fold"], errors="coerce") != HOLDOUT_FOLD]
     except (ValueError, KeyError, OSError, pd.errors.ParserError):  # a foreign or damaged file: no claim
+        return frozenset()
+    return frozenset(zip(table["id"], table["group"], strict=True))
+
+
+def count_in(keys: frozenset[tuple[str, str]], pairs: Sequence[Pair]) -> int:
+    """How many of ``pairs`` are in ``keys``: the same id with the same prompt (or id) group, so a reused id of
+    another pair does not count."""
+    from prefpred.splits import group_key
+
+    if not keys:
         return 0
-    own = set(zip(table["id"], table["group"], strict=True))
-    return sum(1 for p in pairs
-               if (p.id, group_key(p, "prompt")) in own or (p.id, group_key(p, "none")) in own)
+    return sum(1 for p in pairs if (p.id, group_key(p, "prompt")) in keys or (p.id, group_key(p, "none")) in keys)

@@ -89,6 +89,7 @@ def _formats() -> set[str]:
 
 def _entries(items: Sequence[Any], where: str, base: Path | None) -> list[SuiteEntry]:
     out: list[SuiteEntry] = []
+    known = _formats()
     for i, item in enumerate(items, start=1):
         if not isinstance(item, dict) or not item.get("path"):
             raise ConfigError(f"{where}: dataset {i} needs at least a 'path' (and a 'name')")
@@ -96,7 +97,6 @@ def _entries(items: Sequence[Any], where: str, base: Path | None) -> list[SuiteE
         if unknown:
             raise ConfigError(f"{where}: dataset {i} has unknown key(s) {sorted(unknown)} (name, path, format)")
         fmt = str(item.get("format") or "auto")
-        known = _formats()
         if fmt != "auto" and fmt not in known:  # a typo would otherwise drop the set from the table
             raise ConfigError(f"{where}: dataset {i} has unknown format {fmt!r} (auto, {', '.join(sorted(known))})")
         path, note = _resolve(str(item["path"]), base)

@@ -103,9 +103,10 @@ def follow_umask(folder: str | Path) -> None:
     """Give ``folder`` and everything in it the modes the user's umask allows (mkdtemp makes 0700 folders, and some
     writers 0600 files), as if each had been created plainly."""
     folder = Path(folder)
-    folder.chmod(umask_mode(0o777))
+    dir_mode, file_mode = umask_mode(0o777), umask_mode(0o666)
+    folder.chmod(dir_mode)
     for f in folder.rglob("*"):
-        f.chmod(umask_mode(0o777 if f.is_dir() else 0o666))
+        f.chmod(dir_mode if f.is_dir() else file_mode)
 
 
 @contextlib.contextmanager

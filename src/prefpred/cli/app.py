@@ -3,7 +3,8 @@
 Command modules (``prefpred.cli.*_cmds``) attach commands to these apps; :mod:`prefpred.cli` imports them all.
 User errors (:class:`~prefpred.types.UserError`), usage errors (an unknown option, a value out of range) and every
 :class:`OSError` (missing or existing files, a read-only folder, a full disk, a path under a file) become one line
-on stderr and exit code 2, never a traceback: the line names the path (or option) and the reason. ``--verbose`` also logs the traceback at debug level.
+on stderr and exit code 2, never a traceback: the line names the path (or option) and the reason. ``--verbose``
+also logs the traceback at debug level.
 """
 
 from __future__ import annotations

@@ -76,11 +76,11 @@ def _top_table(run_dir: Path, metrics: dict) -> Table:
     rows = [(str(r["rank"]), str(r["model"]), f"{r['rating']:.1f}", f"{r['ci_low']:.1f} – {r['ci_high']:.1f}",
              f"{int(r['battles']):,}", f"{r['win_rate']:.3f}", *((str(r["style_rank"]),) if style else ()))
             for _, r in table.head(TOP_SHOWN).iterrows()]
-    from prefpred.report.fmt import cut_middle
+    from prefpred.report.fmt import cut_middle, flexible_width
 
     widths = [max([len(col), *(len(row[i]) for row in rows)]) for i, col in enumerate(header)]
     m = header.index("model")  # the one column that gives way on a narrow terminal, cut in the middle so that
-    room = max(8, console.width - (sum(widths) - widths[m]) - 3 * len(header) + 1)  # names stay apart
+    room = max(8, flexible_width(widths, m, console.width, edges=False))  # names stay apart
     for i, col in enumerate(header):
         if i == m:
             out.add_column(col, justify="left", no_wrap=True, min_width=min(widths[m], room))

@@ -281,11 +281,13 @@ def _segments_table(segments: list[dict[str, Any]]) -> Table:
 
 def _errors_table(errors: list[dict[str, Any]]) -> Table:
     """The most confidently wrong pairs (the whole list is in --out and in run reports)."""
+    from prefpred.report.fmt import flexible_width
+
     rows = [(escape(str(e["id"])), escape(str(e["prompt"])), f"{e['predicted']} {e['p_predicted']:.2f}",
              f"{e['true']} {e['p_true']:.2f}", f"{e['len_a']:,}", f"{e['len_b']:,}") for e in errors]
     cols = ("id", "prompt", "predicted", "true", "len A", "len B")
     whole = [max(len(col), *(len(r[i]) for r in rows)) for i, col in enumerate(cols)]
-    room = console.width - sum(whole) + whole[1] - 3 * len(cols) - 1  # only the prompt is cut to fit
+    room = flexible_width(whole, 1, console.width)  # only the prompt is cut to fit
     table = Table(title="most confidently wrong")
     for i, col in enumerate(cols):
         width = max(8, min(44, room)) if col == "prompt" else whole[i]
@@ -303,10 +305,11 @@ def _evaluate_suite(run: Path, specs: list[str], *, raw: bool, swap: bool, plots
     predictor = load_predictor(run, calibrated=not raw)
     entries = resolve_suites(specs)
     holdout = run_holdout(run)
-    from prefpred.runs import run_overlap
+    from prefpred.runs import count_in, training_keys
 
+    trained = training_keys(run)  # read once, counted per set
     rows, notes = run_suite(predictor, entries, first=holdout, swap=swap,
-                            in_sample=lambda pairs: run_overlap(run, pairs))
+                            in_sample=lambda pairs: count_in(trained, pairs))
     own = [f"{r['dataset']} {r['in_sample']:,} of {r['n']:,}" for r in rows if r.get("in_sample")]
     if own:
         notes.insert(0, "[yellow]in the run's own training data (optimistic rows): " + ", ".join(own) + "[/yellow]")

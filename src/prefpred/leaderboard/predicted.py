@@ -63,8 +63,6 @@ def predicted_battles(run_dir: str | Path, data: str | Path, *, skip_invalid: bo
     return battles
 
 
-
-
 def read_leaderboard(path: str | Path) -> pd.DataFrame:
     """A ``leaderboard.csv`` (or the run directory holding one) with at least ``model`` and ``rating``."""
     path = Path(path)

@@ -26,9 +26,17 @@ def cut_middle(text: str, width: int) -> str:
         return text
     if width <= 1:
         return text[:width]
-    head = (width - 1 + 1) // 2
+    head = width // 2
     tail = width - 1 - head
     return text[:head] + "…" + (text[-tail:] if tail else "")
+
+
+def flexible_width(widths: Sequence[int], flexible: int, total: int, *, edges: bool = True) -> int:
+    """Room left for column ``flexible`` of a rich table ``total`` characters wide whose other columns keep their
+    ``widths``: each column has one space of padding on both sides, columns are separated by one rule, and the
+    outer rules are drawn only with ``edges``."""
+    chrome = 3 * len(widths) + (1 if edges else -1)
+    return total - (sum(widths) - widths[flexible]) - chrome
 
 
 def _num(v: Any, digits: int = 4) -> str:

@@ -5,8 +5,8 @@ Bradley-Terry scores and ranks), ``GET /health`` (liveness, never needs the toke
 config, headline metrics), ``GET /metrics`` (Prometheus text), ``GET /openapi.json`` and ``/docs`` (FastAPI's).
 
 Safety: an optional bearer token (compared in constant time, never logged or shown) guards every endpoint but
-``/health`` and the API description (``/openapi.json``, ``/docs``, ``/redoc``); bodies over ``Limits.max_body_bytes`` are refused (413) before they are parsed; every refusal is a
-JSON :class:`~prefpred.serve.schemas.ErrorBody` naming the field; a model that fails or returns non-finite
+``/health`` and the API description (``/openapi.json``, ``/docs``, ``/redoc``); bodies over
+``Limits.max_body_bytes`` are refused (413) before they are parsed; every refusal is a JSON :class:`~prefpred.serve.schemas.ErrorBody` naming the field; a model that fails or returns non-finite
 probabilities for one request fails only that request (422 for a user error or a non-finite row, 500 for a
 model bug) and the worker keeps serving. Request texts are logged only with ``log_texts``. Shutdown waits for the
 queued work (uvicorn first lets in-flight requests finish).
